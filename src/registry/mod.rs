@@ -1,0 +1,1 @@
+//! The OCI distribution client. (Being written; see the contract in the task description.)

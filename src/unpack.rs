@@ -1,0 +1,1 @@
+//! Unpacking base layers into a root filesystem for the sandbox. (Being written.)
