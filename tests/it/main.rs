@@ -1,1 +1,3 @@
+//! End-to-end tests: real registry, real clients, real sandbox. One binary, as uv and ripgrep do.
 
+mod support;
