@@ -1,1 +1,79 @@
-fn main() {}
+//! The vxbuild command: parse, plan, build, print the pinned reference. Exit codes: 0 success,
+//! 1 build failure, 2 usage error.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vxbuild::cli::Cli;
+use vxbuild::plan::{Environment, plan};
+use vxbuild::report::Reporter;
+
+/// Progress and warnings on stderr.
+struct Stderr {
+    quiet: bool,
+}
+
+impl Reporter for Stderr {
+    fn info(&self, message: &str) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{message}");
+        }
+    }
+    fn warn(&self, message: &str) {
+        let _ = writeln!(std::io::stderr(), "warning: {message}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let args = cli.into_build_args();
+    let quiet = args.quiet;
+    let env = match Environment::from_process() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot read the current folder: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan = match plan(args, &env) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let reporter = Stderr { quiet };
+    match runtime.block_on(vxbuild::build(&plan, &reporter)) {
+        Ok(outcome) => {
+            println!("{}", outcome.reference);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::new(e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,633 @@
-//! The OCI distribution client. (Being written; see the contract in the task description.)
+//! The OCI distribution client: manifests and blobs, in and out, one instance per build.
+//!
+//! - Scheme: HTTPS, verified against the system's trust roots. Hosts in
+//!   [`ClientOptions::insecure_registries`] and loopback hosts (as docker allows) get HTTPS without
+//!   verification first and plain HTTP if that cannot connect; the choice is remembered per host.
+//! - Auth: a 401's `WWW-Authenticate` is answered once: Bearer with a token from the realm (with
+//!   Basic credentials from Docker's config.json when there are some, else anonymously), Basic with
+//!   those credentials. Tokens are cached per (host, scope). Secrets never go over plain HTTP to
+//!   another machine, never to a host other than the registry (an upload location elsewhere, or a
+//!   redirect: reqwest drops `Authorization` when a redirect changes host, port or scheme), and
+//!   never into an error message or `Debug` output.
+//! - Streaming: blobs are hashed while they download into the cache and committed only if digest
+//!   and size match; uploads stream the file as one monolithic PUT.
+//! - Requests are data ([`transport::RequestSpec`]) sent through one function, so a retry policy
+//!   can wrap it.
+
+mod auth;
+mod error;
+mod transport;
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header;
+use reqwest::{Method, StatusCode};
+
+pub use auth::{Challenge, Credentials, DockerConfig, parse_challenges};
+pub use error::{ErrorDetails, Operation, RegistryError};
+
+use crate::cache::{Cache, CacheError};
+use crate::digest::{Digest, HashingWriter};
+use crate::oci::{self, Descriptor};
+use crate::reference::Reference;
+use auth::{Scopes, Token};
+use transport::{Body, Endpoint, RequestSpec, Scheme, Target};
+
+/// Largest manifest we accept (containerd's limit).
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+const DOWNLOAD_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `HOST[:PORT]` entries allowed plain HTTP and unverified TLS (loopback hosts always are).
+    pub insecure_registries: Vec<String>,
+    /// Docker's config.json for credentials; default `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// How many registry operations may run at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure_registries: Vec::new(),
+            docker_config: None,
+            max_concurrent: 8,
+        }
+    }
+}
+
+/// A manifest or index as the registry served it.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The exact bytes (their digest is the manifest's identity).
+    pub bytes: Vec<u8>,
+    /// From `Content-Type`, or the body's `mediaType` when the header is generic.
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// An OCI distribution client. Holds per-process state: schemes per host, known challenges,
+/// cached tokens. `Debug` shows no secret.
+pub struct RegistryClient {
+    http: reqwest::Client,
+    /// Accepts any certificate: only for insecure and loopback hosts.
+    http_insecure: reqwest::Client,
+    insecure_registries: Vec<String>,
+    config: DockerConfig,
+    schemes: Mutex<HashMap<String, Scheme>>,
+    challenges: Mutex<HashMap<String, Challenge>>,
+    tokens: Mutex<HashMap<(String, String), Token>>,
+    limit: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("insecure_registries", &self.insecure_registries)
+            .field("docker_config", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClient {
+    pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(30))
+                .read_timeout(Duration::from_secs(300))
+        };
+        let http = builder().build().map_err(RegistryError::ClientSetup)?;
+        let http_insecure = builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .map_err(RegistryError::ClientSetup)?;
+        let config = match opts.docker_config.or_else(DockerConfig::default_path) {
+            Some(path) => DockerConfig::load(&path)?,
+            None => DockerConfig::default(),
+        };
+        Ok(RegistryClient {
+            http,
+            http_insecure,
+            insecure_registries: opts
+                .insecure_registries
+                .iter()
+                .map(|e| transport::normalize_host_entry(e))
+                .collect(),
+            config,
+            schemes: Mutex::new(HashMap::new()),
+            challenges: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            limit: tokio::sync::Semaphore::new(opts.max_concurrent.max(1)),
+        })
+    }
+
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.limit
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Fetch a manifest or index: by `r.digest` when given (and verify it), else by
+    /// `r.tag_or_latest()`. A `Docker-Content-Digest` header, when present, is verified too.
+    pub async fn get_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
+        let op = Operation::FetchManifest {
+            reference: r.to_string(),
+        };
+        let _permit = self.permit().await;
+        let ep = Endpoint::of(r);
+        let which = match &r.digest {
+            Some(d) => d.to_string(),
+            None => r.tag_or_latest().to_string(),
+        };
+        let spec = RequestSpec::new(
+            Method::GET,
+            Target::Path(format!("/v2/{}/manifests/{which}", r.repository)),
+        )
+        .header(header::ACCEPT, oci::MANIFEST_ACCEPT);
+        let resp = self
+            .execute(ep, &Scopes::pull(&r.repository), &op, &spec)
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.error_from_response(ep, &op, resp).await);
+        }
+        let header_digest = header_str(&resp, "docker-content-digest");
+        let content_type = transport::content_type(&resp);
+        let mut bytes = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| RegistryError::Transport {
+                op: op.clone().into(),
+                source,
+            })?;
+            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(RegistryError::InvalidResponse {
+                    op: op.into(),
+                    problem: format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let digest = Digest::of(&bytes);
+        if let Some(expected) = &r.digest
+            && *expected != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                op: op.into(),
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        verify_digest_header(&op, header_digest.as_deref(), &digest)?;
+        let media_type = manifest_media_type(content_type.as_deref(), &bytes).ok_or_else(|| {
+            RegistryError::InvalidResponse {
+                op: op.clone().into(),
+                problem: "the manifest has no media type (neither Content-Type nor mediaType)"
+                    .into(),
+            }
+        })?;
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Download a blob into the cache, hashing while streaming; it is committed only if its digest
+    /// and size match `desc`, else nothing is left behind. Skipped when the cache has it.
+    pub async fn fetch_blob(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        cache: &Cache,
+    ) -> Result<PathBuf, RegistryError> {
+        if cache.has_blob(&desc.digest, Some(desc.size)) {
+            return Ok(cache.blob_path(&desc.digest));
+        }
+        let op = Operation::FetchBlob {
+            repository: r.name(),
+            digest: desc.digest.clone(),
+        };
+        let _permit = self.permit().await;
+        let ep = Endpoint::of(r);
+        let spec = RequestSpec::new(
+            Method::GET,
+            Target::Path(format!("/v2/{}/blobs/{}", r.repository, desc.digest)),
+        );
+        let resp = self
+            .execute(ep, &Scopes::pull(&r.repository), &op, &spec)
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.error_from_response(ep, &op, resp).await);
+        }
+        if let Some(len) = resp.content_length()
+            && len != desc.size
+        {
+            return Err(RegistryError::SizeMismatch {
+                op: op.into(),
+                expected: desc.size,
+                actual: len,
+            });
+        }
+
+        // Disk writes and hashing on a blocking thread, fed chunk by chunk.
+        let cache_w = cache.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let writer = tokio::task::spawn_blocking(move || {
+            let tmp = cache_w.tempfile()?;
+            let mut w = HashingWriter::new(BufWriter::with_capacity(DOWNLOAD_BUFFER, tmp));
+            while let Some(chunk) = rx.blocking_recv() {
+                w.write_all(&chunk)?;
+            }
+            let (buf, digest, size) = w.finish();
+            let tmp = buf.into_inner().map_err(|e| e.into_error())?;
+            Ok::<_, std::io::Error>((tmp, digest, size))
+        });
+        let mut received: u64 = 0;
+        let mut stream = resp.bytes_stream();
+        let streamed = loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > desc.size {
+                        break Err(RegistryError::SizeMismatch {
+                            op: op.clone().into(),
+                            expected: desc.size,
+                            actual: received,
+                        });
+                    }
+                    if tx.send(chunk).await.is_err() {
+                        break Ok(()); // the writer failed; its error is reported below
+                    }
+                }
+                Some(Err(source)) => {
+                    break Err(RegistryError::Transport {
+                        op: op.clone().into(),
+                        source,
+                    });
+                }
+                None => break Ok(()),
+            }
+        };
+        drop(tx);
+        let written = writer.await.expect("blob writer task panicked");
+        streamed?;
+        let (tmp, digest, size) = written.map_err(|source| RegistryError::Cache {
+            op: op.clone().into(),
+            source: CacheError::Write {
+                what: desc.digest.to_string(),
+                source,
+            },
+        })?;
+        if size != desc.size {
+            return Err(RegistryError::SizeMismatch {
+                op: op.into(),
+                expected: desc.size,
+                actual: size,
+            });
+        }
+        if digest != desc.digest {
+            return Err(RegistryError::DigestMismatch {
+                op: op.into(),
+                expected: desc.digest.clone(),
+                actual: digest,
+            });
+        }
+        let cache_c = cache.clone();
+        let expected = desc.digest.clone();
+        tokio::task::spawn_blocking(move || {
+            cache_c.commit_blob(tmp, &digest, size, Some((&expected, size)))
+        })
+        .await
+        .expect("cache commit task panicked")
+        .map_err(|source| RegistryError::Cache {
+            op: op.into(),
+            source,
+        })
+    }
+
+    /// Whether the repository has the blob (HEAD).
+    pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+        let op = Operation::CheckBlob {
+            repository: r.name(),
+            digest: digest.clone(),
+        };
+        let _permit = self.permit().await;
+        let ep = Endpoint::of(r);
+        let spec = RequestSpec::new(
+            Method::HEAD,
+            Target::Path(format!("/v2/{}/blobs/{digest}", r.repository)),
+        );
+        let resp = self
+            .execute(ep, &Scopes::pull(&r.repository), &op, &spec)
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.error_from_response(ep, &op, resp).await),
+        }
+    }
+
+    /// Ask the registry to link a blob from another repository on the same registry. `true` on
+    /// 201; `false` when it started an upload instead (that session is cancelled).
+    pub async fn mount_blob(
+        &self,
+        target: &Reference,
+        digest: &Digest,
+        from_repository: &str,
+    ) -> Result<bool, RegistryError> {
+        let op = Operation::MountBlob {
+            repository: target.name(),
+            from: format!("{}/{from_repository}", target.registry),
+            digest: digest.clone(),
+        };
+        let _permit = self.permit().await;
+        let ep = Endpoint::of(target);
+        let scopes = Scopes::mount(&target.repository, from_repository);
+        let mut url_query = url::form_urlencoded::Serializer::new(String::new());
+        url_query
+            .append_pair("mount", digest.as_str())
+            .append_pair("from", from_repository);
+        let spec = RequestSpec::new(
+            Method::POST,
+            Target::Path(format!(
+                "/v2/{}/blobs/uploads/?{}",
+                target.repository,
+                url_query.finish()
+            )),
+        )
+        .body(Body::Bytes(Bytes::new()));
+        let resp = self.execute(ep, &scopes, &op, &spec).await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // Not mountable; the registry opened an upload we will not use. Cancel it, best
+                // effort: an abandoned session is garbage-collected by the registry anyway.
+                if let Some(loc) = header_str(&resp, "location")
+                    && let Some(url) = transport::resolve_location(resp.url(), &loc)
+                {
+                    let cancel = RequestSpec::new(Method::DELETE, Target::Url(url));
+                    let _ = self.execute(ep, &scopes, &op, &cancel).await;
+                }
+                Ok(false)
+            }
+            _ => Err(self.error_from_response(ep, &op, resp).await),
+        }
+    }
+
+    /// Upload a blob from `path`: POST for an upload location, then one monolithic PUT
+    /// `?digest=` streaming the file (`Content-Length: size`, never the whole file in memory).
+    pub async fn push_blob(
+        &self,
+        target: &Reference,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+    ) -> Result<(), RegistryError> {
+        let op = Operation::PushBlob {
+            repository: target.name(),
+            digest: digest.clone(),
+        };
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|source| RegistryError::ReadFile {
+                op: op.clone().into(),
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if meta.len() != size {
+            return Err(RegistryError::SizeMismatch {
+                op: op.into(),
+                expected: size,
+                actual: meta.len(),
+            });
+        }
+        let _permit = self.permit().await;
+        let ep = Endpoint::of(target);
+        let scopes = Scopes::push(&target.repository);
+        let start = RequestSpec::new(
+            Method::POST,
+            Target::Path(format!("/v2/{}/blobs/uploads/", target.repository)),
+        )
+        .body(Body::Bytes(Bytes::new()));
+        let resp = self.execute(ep, &scopes, &op, &start).await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.error_from_response(ep, &op, resp).await);
+        }
+        let location = header_str(&resp, "location")
+            .and_then(|loc| transport::resolve_location(resp.url(), &loc))
+            .ok_or_else(|| RegistryError::InvalidResponse {
+                op: op.clone().into(),
+                problem: "the registry started an upload without a valid Location".into(),
+            })?;
+        let mut url = location;
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let put = RequestSpec::new(Method::PUT, Target::Url(url))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::File {
+                path: path.to_path_buf(),
+                size,
+            });
+        let resp = self.execute(ep, &scopes, &op, &put).await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from_response(ep, &op, resp).await);
+        }
+        verify_digest_header(
+            &op,
+            header_str(&resp, "docker-content-digest").as_deref(),
+            digest,
+        )
+    }
+
+    /// Upload a manifest or index under a tag or its digest; returns its digest.
+    pub async fn put_manifest(
+        &self,
+        target: &Reference,
+        tag_or_digest: &str,
+        media_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Digest, RegistryError> {
+        let op = Operation::PushManifest {
+            reference: format!(
+                "{}{}{tag_or_digest}",
+                target.name(),
+                if tag_or_digest.contains(':') {
+                    "@"
+                } else {
+                    ":"
+                }
+            ),
+        };
+        let digest = Digest::of(&body);
+        if let Ok(d) = tag_or_digest.parse::<Digest>() {
+            if d != digest {
+                return Err(RegistryError::DigestMismatch {
+                    op: op.into(),
+                    expected: d,
+                    actual: digest,
+                });
+            }
+        } else if target.with_tag(tag_or_digest).is_err() {
+            return Err(RegistryError::InvalidArgument {
+                op: op.into(),
+                problem: format!("{tag_or_digest:?} is neither a valid tag nor a sha256 digest"),
+            });
+        }
+        let _permit = self.permit().await;
+        let ep = Endpoint::of(target);
+        let spec = RequestSpec::new(
+            Method::PUT,
+            Target::Path(format!(
+                "/v2/{}/manifests/{tag_or_digest}",
+                target.repository
+            )),
+        )
+        .header(header::CONTENT_TYPE, media_type)
+        .body(Body::Bytes(Bytes::from(body)));
+        let resp = self
+            .execute(ep, &Scopes::push(&target.repository), &op, &spec)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from_response(ep, &op, resp).await);
+        }
+        verify_digest_header(
+            &op,
+            header_str(&resp, "docker-content-digest").as_deref(),
+            &digest,
+        )?;
+        Ok(digest)
+    }
+}
+
+fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+}
+
+/// Check a `Docker-Content-Digest` header against what we computed. Digests in algorithms we do
+/// not compute are not checked.
+fn verify_digest_header(
+    op: &Operation,
+    header: Option<&str>,
+    actual: &Digest,
+) -> Result<(), RegistryError> {
+    let Some(h) = header.filter(|h| h.starts_with("sha256:")) else {
+        return Ok(());
+    };
+    let expected: Digest = h.parse().map_err(|_| RegistryError::InvalidResponse {
+        op: op.clone().into(),
+        problem: format!("its Docker-Content-Digest header {h:?} is not a valid digest"),
+    })?;
+    if expected != *actual {
+        return Err(RegistryError::DigestMismatch {
+            op: op.clone().into(),
+            expected,
+            actual: actual.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The manifest's media type: `Content-Type` without parameters, unless it is generic JSON or
+/// absent, then the body's `mediaType`.
+fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    let from_header = content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(|ct| ct.trim().to_ascii_lowercase())
+        .filter(|ct| {
+            !ct.is_empty()
+                && !matches!(
+                    ct.as_str(),
+                    "application/json" | "text/plain" | "application/octet-stream"
+                )
+        });
+    if from_header.is_some() {
+        return from_header;
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(body)
+        .ok()
+        .and_then(|p| p.media_type)
+        .filter(|m| !m.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_from_header_or_body() {
+        assert_eq!(
+            manifest_media_type(
+                Some("application/vnd.oci.image.index.v1+json; charset=utf-8"),
+                b"{}"
+            )
+            .as_deref(),
+            Some(oci::OCI_INDEX)
+        );
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}"}}"#,
+            oci::DOCKER_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type(Some("application/json"), body.as_bytes()).as_deref(),
+            Some(oci::DOCKER_MANIFEST)
+        );
+        assert_eq!(
+            manifest_media_type(None, body.as_bytes()).as_deref(),
+            Some(oci::DOCKER_MANIFEST)
+        );
+        assert_eq!(manifest_media_type(None, b"{}"), None);
+    }
+
+    #[test]
+    fn digest_header_is_checked_when_sha256() {
+        let op = Operation::PushManifest {
+            reference: "r".into(),
+        };
+        let d = Digest::of(b"m");
+        assert!(verify_digest_header(&op, None, &d).is_ok());
+        assert!(verify_digest_header(&op, Some(d.as_str()), &d).is_ok());
+        assert!(verify_digest_header(&op, Some("sha512:abcd"), &d).is_ok());
+        assert!(matches!(
+            verify_digest_header(&op, Some(Digest::of(b"n").as_str()), &d),
+            Err(RegistryError::DigestMismatch { .. })
+        ));
+        assert!(matches!(
+            verify_digest_header(&op, Some("sha256:zz"), &d),
+            Err(RegistryError::InvalidResponse { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_shows_no_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.json");
+        std::fs::write(
+            &cfg,
+            r#"{"auths":{"r.example":{"username":"u","password":"hunter2"}}}"#,
+        )
+        .unwrap();
+        let c = RegistryClient::new(ClientOptions {
+            docker_config: Some(cfg),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

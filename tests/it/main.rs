@@ -1,3 +1,4 @@
 //! End-to-end tests: real registry, real clients, real sandbox. One binary, as uv and ripgrep do.
 
+mod fixture_selftest;
 mod support;

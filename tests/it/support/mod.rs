@@ -1,11 +1,24 @@
 //! Real parts for the end-to-end tests: a registry process, fixtures, real clients.
+//!
+//! Every helper panics with a message that names the command and its output when something fails,
+//! so a test reads as the scenario it checks. See DEVELOPERS.md for the base image fixture.
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+/// The tag of the base image in the fixture layout (`oci:LAYOUT:3.9-slim`).
+pub const BASE_TAG: &str = "3.9-slim";
+/// The repository the base is pushed to on a test registry, as on Docker Hub.
+pub const BASE_REPOSITORY: &str = "library/python";
 
 /// A `docker-registry` (the reference distribution server) on a free loopback port, killed on drop.
 pub struct Registry {
@@ -23,8 +36,28 @@ impl Registry {
 
     /// Start with extra YAML appended at the top level of the config (e.g. an `auth:` section).
     pub fn start_with_extra_config(extra: &str) -> Registry {
+        Self::launch(|_| extra.to_string())
+    }
+
+    /// Start a registry that requires HTTP basic auth for `user`/`password` (a bcrypt htpasswd
+    /// file made with `htpasswd` from apache2-utils).
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Registry {
+        let entry = run(Command::new("htpasswd").args(["-nbB", user, password])).stdout;
+        Self::launch(|config_dir| {
+            let path = config_dir.join("htpasswd");
+            std::fs::write(&path, &entry).expect("write htpasswd file");
+            format!(
+                "auth:\n  htpasswd:\n    realm: vxbuild-test\n    path: {}\n",
+                path.display()
+            )
+        })
+    }
+
+    /// `extra` gets the config folder (for files the extra config names) and returns YAML.
+    fn launch(extra: impl FnOnce(&Path) -> String) -> Registry {
         let storage = tempfile::tempdir().expect("registry storage dir");
         let config_dir = tempfile::tempdir().expect("registry config dir");
+        let extra = extra(config_dir.path());
         let port = free_port();
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
@@ -73,6 +106,20 @@ impl Registry {
         self.port
     }
 
+    /// Push the base fixture ([`base_layout`]) to `HOST/library/python:3.9-slim` and return that
+    /// reference (without a transport prefix).
+    pub fn push_base(&self) -> String {
+        let reference = format!("{}/{BASE_REPOSITORY}:{BASE_TAG}", self.host());
+        let layout = base_layout();
+        skopeo(&[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{BASE_TAG}", layout.display()),
+            &format!("docker://{reference}"),
+        ]);
+        reference
+    }
+
     /// Every blob file the registry holds (to count what a push uploaded).
     pub fn blob_count(&self) -> usize {
         let root = self.storage.path().join("docker/registry/v2/blobs/sha256");
@@ -115,4 +162,267 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The checkout this test binary was built from.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The python:3.9-slim fixture as an OCI layout (tag [`BASE_TAG`]): `$VXBUILD_BASE_LAYOUT` if set
+/// (scripts/test.sh sets it), else built or taken from the cache by `tests/fixtures/base-image.sh`,
+/// once per test process.
+pub fn base_layout() -> PathBuf {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT
+        .get_or_init(|| {
+            let layout = match std::env::var_os("VXBUILD_BASE_LAYOUT") {
+                Some(dir) => PathBuf::from(dir),
+                None => {
+                    let script = repo_root().join("tests/fixtures/base-image.sh");
+                    // The script logs its progress to stderr; let it through, it can take a minute.
+                    let out = run(Command::new("bash").arg(&script).stderr(Stdio::inherit()));
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    let last = stdout.lines().last().unwrap_or_default().trim();
+                    assert!(!last.is_empty(), "{} printed no layout path", script.display());
+                    PathBuf::from(last)
+                }
+            };
+            assert!(
+                layout.join("index.json").is_file(),
+                "base layout {} has no index.json (VXBUILD_BASE_LAYOUT or tests/fixtures/base-image.sh is wrong)",
+                layout.display()
+            );
+            layout
+        })
+        .clone()
+}
+
+/// The path of the `vxbuild` binary under test, as a fresh command.
+pub fn vxbuild() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vxbuild"))
+}
+
+/// Run a prepared command to completion, panicking with its status and output unless it succeeds.
+pub fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not start {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run `skopeo ARGS...` (with `--insecure-policy`: tests trust what they pushed) and return its
+/// stdout. For flags the other helpers don't take, such as `--creds`.
+pub fn skopeo(args: &[&str]) -> Vec<u8> {
+    run(Command::new("skopeo").arg("--insecure-policy").args(args)).stdout
+}
+
+/// `docker://` unless the reference already names a transport (`oci:`, `docker://`, …).
+fn with_transport(reference: &str) -> String {
+    const TRANSPORTS: [&str; 5] = [
+        "docker://",
+        "oci:",
+        "oci-archive:",
+        "docker-archive:",
+        "dir:",
+    ];
+    if TRANSPORTS.iter().any(|t| reference.starts_with(t)) {
+        reference.to_string()
+    } else {
+        format!("docker://{reference}")
+    }
+}
+
+fn parse_json(bytes: &[u8], what: &str) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| {
+        panic!(
+            "{what} is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(bytes)
+        )
+    })
+}
+
+/// The manifest (or index) of an image exactly as the registry serves it (`skopeo inspect --raw`).
+/// `reference` is `HOST/REPO:TAG` or `HOST/REPO@DIGEST` (plain HTTP), or carries its transport.
+pub fn skopeo_inspect_raw(reference: &str) -> serde_json::Value {
+    let reference = with_transport(reference);
+    let out = skopeo(&["inspect", "--raw", "--tls-verify=false", &reference]);
+    parse_json(&out, &format!("manifest of {reference}"))
+}
+
+/// The image config blob (`skopeo inspect --config`), for the linux/amd64 image of an index.
+pub fn skopeo_inspect_config(reference: &str) -> serde_json::Value {
+    let reference = with_transport(reference);
+    let out = skopeo(&["inspect", "--config", "--tls-verify=false", &reference]);
+    parse_json(&out, &format!("config of {reference}"))
+}
+
+/// Pull an image from a (plain-HTTP) registry into an OCI layout under `dir` with skopeo, which
+/// checks every blob against its digest, then unpack it with umoci. Returns the rootfs.
+pub fn pull_and_unpack(reference: &str, dir: &Path) -> PathBuf {
+    let layout = dir.join("pulled");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &with_transport(reference),
+        &format!("oci:{}:pulled", layout.display()),
+    ]);
+    unpack_layout(&layout, "pulled", dir)
+}
+
+/// Unpack `layout:tag` (an OCI layout, e.g. one vxbuild wrote) with `umoci unpack` into a new
+/// bundle under `dir` (`--rootless` when not root). Returns the bundle's rootfs.
+pub fn unpack_layout(layout: &Path, tag: &str, dir: &Path) -> PathBuf {
+    let bundle = (0..)
+        .map(|i| {
+            dir.join(if i == 0 {
+                "bundle".into()
+            } else {
+                format!("bundle-{i}")
+            })
+        })
+        .find(|b| !b.exists())
+        .expect("a free bundle name");
+    let mut cmd = Command::new("umoci");
+    cmd.arg("unpack");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        cmd.arg("--rootless");
+    }
+    cmd.arg("--image")
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(&bundle);
+    run(&mut cmd);
+    bundle.join("rootfs")
+}
+
+/// Start an unpacked image as its container would: the config's Entrypoint + Cmd, with only its
+/// Env, in its WorkingDir, inside `rootfs` under bubblewrap (own namespaces, no network, fresh
+/// /proc, /dev and /tmp, stdin empty). `config` is the image config blob or its inner `config`.
+/// Returns the output whatever the exit status; a run longer than 5 minutes is killed (`timeout`,
+/// status 124 or 137).
+pub fn run_entrypoint(rootfs: &Path, config: &serde_json::Value) -> Output {
+    run_image(rootfs, config, &[])
+}
+
+/// As [`run_entrypoint`], with `args` in place of the config's Cmd when not empty, as in
+/// `docker run IMAGE ARGS...` (the Entrypoint stays).
+pub fn run_image(rootfs: &Path, config: &serde_json::Value, args: &[&str]) -> Output {
+    let config = config.get("config").unwrap_or(config);
+    let strings = |key: &str| -> Vec<String> {
+        match config.get(key) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .unwrap_or_else(|e| panic!("config {key} is not a list of strings ({e}): {v}")),
+        }
+    };
+    let mut argv = strings("Entrypoint");
+    if args.is_empty() {
+        argv.extend(strings("Cmd"));
+    } else {
+        argv.extend(args.iter().map(|a| a.to_string()));
+    }
+    assert!(
+        !argv.is_empty(),
+        "image config has neither Entrypoint nor Cmd: {config}"
+    );
+    let workdir = match config.get("WorkingDir").and_then(|w| w.as_str()) {
+        Some(w) if !w.is_empty() => w.to_string(),
+        _ => "/".to_string(),
+    };
+
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=10", "300", "bwrap"])
+        .arg("--bind")
+        .arg(rootfs)
+        .arg("/")
+        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+        .args(["--unshare-all", "--die-with-parent", "--clearenv"])
+        .args(["--chdir", &workdir]);
+    for entry in strings("Env") {
+        let (key, value) = entry.split_once('=').unwrap_or((&entry, ""));
+        cmd.args(["--setenv", key, value]);
+    }
+    cmd.arg("--").args(&argv).stdin(Stdio::null());
+    cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "could not start bwrap for {argv:?} in {}: {e}",
+            rootfs.display()
+        )
+    })
+}
+
+/// Write a tiny, valid `NAME-VERSION-py3-none-any.whl` into `dir` holding `files` (path in the
+/// wheel, content) plus its dist-info (METADATA, WHEEL, RECORD with sha256 entries). Stored (not
+/// deflated), entries sorted, timestamps 1980-01-01: the same input gives the same bytes.
+pub fn make_wheel(dir: &Path, name: &str, version: &str, files: &[(&str, &str)]) -> PathBuf {
+    make_wheel_requiring(dir, name, version, files, &[])
+}
+
+/// As [`make_wheel`], with a `Requires-Dist:` line in METADATA for each of `requires`
+/// (e.g. `"other-pkg>=1.0"`).
+pub fn make_wheel_requiring(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    files: &[(&str, &str)],
+    requires: &[&str],
+) -> PathBuf {
+    // Wheel file names escape the distribution name (binary distribution format spec).
+    let escaped = name
+        .split(['-', '_', '.'])
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
+        .to_lowercase();
+    let dist_info = format!("{escaped}-{version}.dist-info");
+
+    let mut metadata = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n");
+    for req in requires {
+        metadata.push_str(&format!("Requires-Dist: {req}\n"));
+    }
+    let wheel =
+        "Wheel-Version: 1.0\nGenerator: vxbuild-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n";
+
+    let mut entries: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(path, content)| (path.to_string(), content.as_bytes().to_vec()))
+        .collect();
+    entries.sort();
+    entries.push((format!("{dist_info}/METADATA"), metadata.into_bytes()));
+    entries.push((format!("{dist_info}/WHEEL"), wheel.as_bytes().to_vec()));
+    let mut record = String::new();
+    for (path, content) in &entries {
+        let digest =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(content));
+        record.push_str(&format!("{path},sha256={digest},{}\n", content.len()));
+    }
+    record.push_str(&format!("{dist_info}/RECORD,,\n"));
+    entries.push((format!("{dist_info}/RECORD"), record.into_bytes()));
+
+    let path = dir.join(format!("{escaped}-{version}-py3-none-any.whl"));
+    let file = std::fs::File::create(&path)
+        .unwrap_or_else(|e| panic!("create wheel {}: {e}", path.display()));
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default())
+        .unix_permissions(0o644);
+    for (name, content) in &entries {
+        zip.start_file(name.as_str(), options)
+            .and_then(|()| zip.write_all(content).map_err(Into::into))
+            .unwrap_or_else(|e| panic!("write {name} into {}: {e}", path.display()));
+    }
+    zip.finish()
+        .unwrap_or_else(|e| panic!("finish wheel {}: {e}", path.display()));
+    path
 }

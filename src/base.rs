@@ -1,0 +1,286 @@
+//! Stage 1: the base image — reference → platform manifest → config and layers (all verified and
+//! cached by digest) → an unpacked root filesystem for the sandbox (cached by manifest digest).
+
+use std::path::PathBuf;
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use serde_json::Value;
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::oci::{self, Descriptor, Index, Manifest, Platform};
+use crate::reference::Reference;
+use crate::registry::{RegistryClient, RegistryError};
+use crate::report::Reporter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{reference} has no image for {platform} (it has: {available})")]
+    NoPlatform {
+        reference: String,
+        platform: Platform,
+        available: String,
+    },
+    #[error("{reference}: unsupported manifest media type {media_type:?}")]
+    UnsupportedManifest {
+        reference: String,
+        media_type: String,
+    },
+    #[error("{reference}: the {what} is not valid JSON")]
+    BadJson {
+        reference: String,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{reference}: the config is for {found}, not {wanted}")]
+    WrongPlatform {
+        reference: String,
+        found: String,
+        wanted: Platform,
+    },
+    #[error("failed to unpack the base image {reference} into {}", path.display())]
+    Unpack {
+        reference: String,
+        path: PathBuf,
+        #[source]
+        source: crate::unpack::UnpackError,
+    },
+    #[error("failed to prepare the cache for the base image's root filesystem at {}", path.display())]
+    RootfsCache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+/// The resolved base image for one platform.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    /// As the user named it (normalized), without a digest: goes into the base.name annotation.
+    pub name: String,
+    /// The reference pinned to the platform manifest's digest.
+    pub pinned: Reference,
+    pub manifest_digest: Digest,
+    pub manifest: Manifest,
+    pub config: Value,
+    pub platform: Platform,
+}
+
+impl BaseImage {
+    /// The PATH the base sets (the sandbox uses it to find python).
+    pub fn path_env(&self) -> String {
+        self.config
+            .pointer("/config/Env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find_map(|e| e.strip_prefix("PATH=").map(String::from))
+            .unwrap_or_else(|| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            })
+    }
+}
+
+/// Resolve the reference to the platform's manifest and config.
+pub async fn resolve(
+    client: &RegistryClient,
+    reference: &Reference,
+    platform: &Platform,
+    cache: &Cache,
+) -> Result<BaseImage, BaseError> {
+    let shown = reference.to_string();
+    let name = Reference {
+        digest: None,
+        ..reference.clone()
+    };
+    let (bytes, media_type, digest) = fetch_manifest(client, reference, cache).await?;
+    let (manifest_bytes, manifest_digest) = if oci::is_index_media_type(&media_type)
+        || looks_like_index(&bytes)
+    {
+        let index: Index = serde_json::from_slice(&bytes).map_err(|source| BaseError::BadJson {
+            reference: shown.clone(),
+            what: "index",
+            source,
+        })?;
+        let chosen = index
+            .manifests
+            .iter()
+            .find(|m| m.platform.as_ref().is_some_and(|p| platform.matches(p)))
+            .ok_or_else(|| BaseError::NoPlatform {
+                reference: shown.clone(),
+                platform: platform.clone(),
+                available: index
+                    .manifests
+                    .iter()
+                    .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let r = reference.with_digest(chosen.digest.clone());
+        let (b, mt, d) = fetch_manifest(client, &r, cache).await?;
+        if !oci::is_manifest_media_type(&mt) && !mt.is_empty() {
+            return Err(BaseError::UnsupportedManifest {
+                reference: shown,
+                media_type: mt,
+            });
+        }
+        (b, d)
+    } else if oci::is_manifest_media_type(&media_type) || media_type.is_empty() {
+        (bytes, digest)
+    } else {
+        return Err(BaseError::UnsupportedManifest {
+            reference: shown,
+            media_type,
+        });
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|source| BaseError::BadJson {
+            reference: shown.clone(),
+            what: "manifest",
+            source,
+        })?;
+    let pinned = reference.with_digest(manifest_digest.clone());
+    let config_path = client.fetch_blob(&pinned, &manifest.config, cache).await?;
+    let config_bytes = std::fs::read(&config_path).map_err(|source| BaseError::RootfsCache {
+        path: config_path.clone(),
+        source,
+    })?;
+    let config: Value =
+        serde_json::from_slice(&config_bytes).map_err(|source| BaseError::BadJson {
+            reference: shown.clone(),
+            what: "config",
+            source,
+        })?;
+    let os = config.get("os").and_then(Value::as_str).unwrap_or("");
+    let arch = config
+        .get("architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if os != platform.os || arch != platform.architecture {
+        return Err(BaseError::WrongPlatform {
+            reference: shown,
+            found: format!("{os}/{arch}"),
+            wanted: platform.clone(),
+        });
+    }
+    Ok(BaseImage {
+        name: name.to_string(),
+        pinned,
+        manifest_digest,
+        manifest,
+        config,
+        platform: platform.clone(),
+    })
+}
+
+fn looks_like_index(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .is_some_and(|v| v.get("manifests").is_some() && v.get("layers").is_none())
+}
+
+/// A manifest by digest from the cache, or from the registry (then cached).
+async fn fetch_manifest(
+    client: &RegistryClient,
+    r: &Reference,
+    cache: &Cache,
+) -> Result<(Vec<u8>, String, Digest), BaseError> {
+    if let Some(d) = &r.digest {
+        if let Ok(bytes) = cache.read_blob(d) {
+            let mt = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(String::from))
+                .unwrap_or_default();
+            return Ok((bytes, mt, d.clone()));
+        }
+    }
+    let m = client.get_manifest(r).await?;
+    cache.put_blob_bytes(&m.bytes)?;
+    Ok((m.bytes, m.media_type, m.digest))
+}
+
+/// Download every layer of the base into the cache (skipping those present), `jobs` at once.
+pub async fn fetch_layers(
+    client: &RegistryClient,
+    base: &BaseImage,
+    cache: &Cache,
+    jobs: usize,
+    reporter: &dyn Reporter,
+) -> Result<Vec<PathBuf>, BaseError> {
+    let missing = base
+        .manifest
+        .layers
+        .iter()
+        .filter(|l| !cache.has_blob(&l.digest, Some(l.size)))
+        .count();
+    if missing > 0 {
+        reporter.info(&format!("Pulling {missing} base layer(s) of {}", base.name));
+    }
+    let paths: Vec<PathBuf> = stream::iter(base.manifest.layers.iter())
+        .map(|l: &Descriptor| client.fetch_blob(&base.pinned, l, cache))
+        .buffered(jobs.max(1))
+        .try_collect()
+        .await?;
+    Ok(paths)
+}
+
+/// The base's root filesystem, unpacked once per manifest digest and prepared for the sandbox.
+pub async fn rootfs(
+    base: &BaseImage,
+    layer_paths: Vec<PathBuf>,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<PathBuf, BaseError> {
+    let dir = cache.rootfs_dir(&base.manifest_digest);
+    if dir.join(".complete").is_file() {
+        return Ok(dir.join("rootfs"));
+    }
+    reporter.info(&format!("Unpacking {}", base.name));
+    let tmp = cache
+        .tempdir("rootfs-")
+        .map_err(|source| BaseError::RootfsCache {
+            path: cache.tmp_dir(),
+            source,
+        })?;
+    let root = tmp.path().join("rootfs");
+    std::fs::create_dir(&root).map_err(|source| BaseError::RootfsCache {
+        path: root.clone(),
+        source,
+    })?;
+    let r = root.clone();
+    tokio::task::spawn_blocking(move || crate::unpack::unpack_layers(&layer_paths, &r))
+        .await
+        .expect("unpack task")
+        .map_err(|source| BaseError::Unpack {
+            reference: base.name.clone(),
+            path: root.clone(),
+            source,
+        })?;
+    crate::sandbox::prepare_rootfs(&root)?;
+    std::fs::write(tmp.path().join(".complete"), base.manifest_digest.as_str()).map_err(
+        |source| BaseError::RootfsCache {
+            path: tmp.path().into(),
+            source,
+        },
+    )?;
+    let tmp_path = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp_path, &dir) {
+        // Another build may have finished the same rootfs first; use theirs.
+        let _ = std::fs::remove_dir_all(&tmp_path);
+        if !dir.join(".complete").is_file() {
+            return Err(BaseError::RootfsCache {
+                path: dir,
+                source: e,
+            });
+        }
+    }
+    Ok(dir.join("rootfs"))
+}
