@@ -193,14 +193,14 @@ async fn fetch_manifest(
     r: &Reference,
     cache: &Cache,
 ) -> Result<(Vec<u8>, String, Digest), BaseError> {
-    if let Some(d) = &r.digest {
-        if let Ok(bytes) = cache.read_blob(d) {
-            let mt = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(String::from))
-                .unwrap_or_default();
-            return Ok((bytes, mt, d.clone()));
-        }
+    if let Some(d) = &r.digest
+        && let Ok(bytes) = cache.read_blob(d)
+    {
+        let mt = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(String::from))
+            .unwrap_or_default();
+        return Ok((bytes, mt, d.clone()));
     }
     let m = client.get_manifest(r).await?;
     cache.put_blob_bytes(&m.bytes)?;

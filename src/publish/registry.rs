@@ -58,7 +58,7 @@ pub async fn push(
     let mut seen = std::collections::BTreeSet::new();
     blobs.retain(|(d, _)| seen.insert(d.digest.clone()));
 
-    let outcomes: Vec<BlobOutcome> = stream::iter(blobs.into_iter())
+    let outcomes: Vec<BlobOutcome> = stream::iter(blobs)
         .map(|(desc, from_base)| async move {
             if client.blob_exists(target, &desc.digest).await? {
                 return Ok::<_, PushError>(BlobOutcome::Existing(desc.digest));

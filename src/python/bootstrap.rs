@@ -143,14 +143,14 @@ pub async fn bootstrap_pip(
         }
     };
     let actual = Digest::of(&bytes);
-    if let Some(expected) = expected {
-        if expected != actual {
-            return Err(BootstrapError::HashMismatch {
-                url: label,
-                expected,
-                actual,
-            });
-        }
+    if let Some(expected) = expected
+        && expected != actual
+    {
+        return Err(BootstrapError::HashMismatch {
+            url: label,
+            expected,
+            actual,
+        });
     }
     let dest = cache.pip_wheel_path(&actual, &best.filename);
     if !dest.is_file() {

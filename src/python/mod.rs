@@ -543,7 +543,7 @@ pub async fn resolve(
     for item in report.install {
         wheels.push(pin(item, &inp)?);
     }
-    wheels.sort_by(|a, b| normalize_name(&a.name).cmp(&normalize_name(&b.name)));
+    wheels.sort_by_key(|w| normalize_name(&w.name));
     Ok(Resolution { wheels })
 }
 
@@ -657,12 +657,15 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

@@ -167,7 +167,7 @@ impl RegistryClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| RegistryError::Transport {
                 op: op.clone().into(),
-                source,
+                source: transport::scrub(source),
             })?;
             if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
                 return Err(RegistryError::InvalidResponse {
@@ -272,7 +272,7 @@ impl RegistryClient {
                 Some(Err(source)) => {
                     break Err(RegistryError::Transport {
                         op: op.clone().into(),
-                        source,
+                        source: transport::scrub(source),
                     });
                 }
                 None => break Ok(()),

@@ -335,7 +335,7 @@ impl RegistryClient {
             .map_err(|source| RegistryError::TokenTransport {
                 op: op.clone().into(),
                 realm: shown.clone(),
-                source,
+                source: scrub(source),
             })?;
         let status = resp.status();
         let content_type = content_type(&resp);
@@ -442,11 +442,11 @@ impl RegistryClient {
             SendError::Http(source) if source.is_connect() => RegistryError::Connect {
                 op: op.clone().into(),
                 host: ep.host.to_string(),
-                source,
+                source: scrub(source),
             },
             SendError::Http(source) => RegistryError::Transport {
                 op: op.clone().into(),
-                source,
+                source: scrub(source),
             },
             SendError::Other(e) => e,
         }
@@ -531,6 +531,16 @@ impl RegistryClient {
             ),
             None => format!("no credentials for {registry} in {file}"),
         }
+    }
+}
+
+/// reqwest errors print their URL; an upload or storage URL may carry a signature in its query,
+/// so such URLs are dropped from errors we keep (the operation already names the subject).
+pub(crate) fn scrub(e: reqwest::Error) -> reqwest::Error {
+    if e.url().is_some_and(|u| u.query().is_some()) {
+        e.without_url()
+    } else {
+        e
     }
 }
 

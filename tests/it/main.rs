@@ -1,4 +1,6 @@
 //! End-to-end tests: real registry, real clients, real sandbox. One binary, as uv and ripgrep do.
 
+mod build;
 mod fixture_selftest;
+mod registry_client;
 mod support;
