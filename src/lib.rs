@@ -312,8 +312,8 @@ async fn install_dependencies(
         PipRunner::Base
     } else {
         reporter.info(&format!(
-            "The base's pip ({}) cannot write resolution reports; using a pip wheel for Python {}",
-            interp.pip_version.as_deref().unwrap_or("missing"),
+            "The base's Python has {}, which cannot write resolution reports; using a pip wheel for Python {}",
+            interp.pip_description(),
             interp.version_string()
         ));
         python::bootstrap::bootstrap_pip(&interp, &plan.pip, cache, &http)

@@ -13,7 +13,7 @@ use crate::digest::Digest;
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error(
-        "the base image's pip is {found}, too old for `pip install --report` (22.2+), and no pip wheel for Python {python} was found in {searched}"
+        "the base image's Python has {found}, which cannot write `pip install --report` (pip 22.2+ can), and no pip wheel for Python {python} was found in {searched}"
     )]
     NotFound {
         found: String,
@@ -96,10 +96,7 @@ pub async fn bootstrap_pip(
     candidates.sort_by(|a, b| a.version.cmp(&b.version));
     let Some(best) = candidates.pop() else {
         return Err(BootstrapError::NotFound {
-            found: interp
-                .pip_version
-                .clone()
-                .unwrap_or_else(|| "missing".into()),
+            found: interp.pip_description(),
             python: interp.version_string(),
             searched: if searched.is_empty() {
                 "no index (--no-index) and no --find-links folder".into()

@@ -154,6 +154,13 @@ impl Interpreter {
     pub fn version_string(&self) -> String {
         format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)
     }
+    /// "pip 23.0.1" or "no pip", for messages.
+    pub fn pip_description(&self) -> String {
+        self.pip_version
+            .as_ref()
+            .map(|v| format!("pip {v}"))
+            .unwrap_or_else(|| "no pip".into())
+    }
     /// Whether the base's pip can write `--report`.
     pub fn has_usable_pip(&self) -> bool {
         self.pip_version

@@ -696,3 +696,177 @@ fn a_script_left_out_by_an_ignore_file_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn base_on_another_registry_is_streamed_across_and_extra_packages_install() {
+    let source = Registry::start();
+    let base = source.push_base();
+    let target = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    // tinyapp comes as a local wheel inside the project; tinydep from --find-links.
+    std::fs::create_dir(project.join("dist")).unwrap();
+    let app_wheel = std::fs::read_dir(&wheels)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("tinyapp-"))
+        .unwrap();
+    std::fs::rename(
+        app_wheel.path(),
+        project.join("dist").join(app_wheel.file_name()),
+    )
+    .unwrap();
+    std::fs::remove_file(project.join("requirements.txt")).unwrap();
+    let extra = format!("dist/{}", app_wheel.file_name().to_string_lossy());
+    let image = format!("{}/team/trainer:v2", target.host());
+    let cache = tmp.path().join("cache");
+    let (reference, _) = vx_ok(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--extra-packages",
+        &extra,
+        "--image",
+        &image,
+        "--push",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    // skopeo pulls every blob from the target registry alone, verifying digests.
+    let rootfs = pull_and_unpack(&by_digest(&reference), tmp.path());
+    let config = skopeo_inspect_config(&by_digest(&reference));
+    let out = run_entrypoint(&rootfs, &config);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "Training complete 42 helped",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    // The local wheel is a direct reference, and was requested.
+    let site = rootfs.join("usr/local/lib/python3.9/site-packages");
+    assert!(site.join("tinyapp-2.0.dist-info/direct_url.json").exists());
+    assert!(site.join("tinyapp-2.0.dist-info/REQUESTED").exists());
+    assert!(!site.join("tinydep-1.0.dist-info/direct_url.json").exists());
+    // Base layers (2) + dependencies + application + config + the manifest (distribution stores
+    // manifests as blobs too) landed in the target.
+    assert_eq!(
+        target.blob_count(),
+        6,
+        "every blob of the image is in the target registry"
+    );
+}
+
+/// Where the host's ensurepip keeps its bundled pip wheel (a pip wheel we can use offline).
+fn bundled_pip_wheel() -> PathBuf {
+    let out = Command::new("python3").args(["-c", "import ensurepip, os; print(os.path.join(os.path.dirname(ensurepip.__file__), '_bundled'))"]).output().unwrap();
+    let dir = PathBuf::from(text(&out.stdout).trim());
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("no ensurepip bundle at {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pip-"))
+        .expect("a bundled pip wheel")
+}
+
+#[test]
+fn a_base_without_pip_gets_a_bootstrapped_pip_wheel_not_the_hosts_pip() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // A base like the fixture, with pip removed from its site-packages (a new layer of whiteouts).
+    let layout = tmp.path().join("nopip-layout");
+    run(Command::new("cp").arg("-r").arg(base_layout()).arg(&layout));
+    let bundle = tmp.path().join("bundle");
+    let mut unpack = Command::new("umoci");
+    unpack.arg("unpack");
+    if unsafe { libc::geteuid() } != 0 {
+        unpack.arg("--rootless");
+    }
+    run(unpack
+        .arg("--image")
+        .arg(format!("{}:{BASE_TAG}", layout.display()))
+        .arg(&bundle));
+    let site = bundle.join("rootfs/usr/local/lib/python3.9/site-packages");
+    for e in std::fs::read_dir(&site).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("pip") {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+    for bin in ["pip", "pip3", "pip3.9"] {
+        let _ = std::fs::remove_file(bundle.join("rootfs/usr/local/bin").join(bin));
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image"])
+        .arg(format!("{}:nopip", layout.display()))
+        .arg(&bundle));
+    let base = format!("{}/library/python:nopip", reg.host());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:nopip", layout.display()),
+        &format!("docker://{base}"),
+    ]);
+
+    let (project, wheels) = tiny_project(tmp.path());
+    let pip_wheel = bundled_pip_wheel();
+    std::fs::copy(&pip_wheel, wheels.join(pip_wheel.file_name().unwrap())).unwrap();
+    let out_layout = tmp.path().join("out");
+    let (_reference, stderr) = vx_ok(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--output",
+        &format!("oci:{}", out_layout.display()),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr.contains("using a pip wheel for Python 3.9"),
+        "the bootstrap is announced:\n{stderr}"
+    );
+    let rootfs = unpack_layout(&out_layout, "latest", &tmp.path().join("unpacked"));
+    let config = skopeo_inspect_config(&format!("oci:{}:latest", out_layout.display()));
+    let run_out = run_entrypoint(&rootfs, &config);
+    assert_eq!(
+        text(&run_out.stdout).trim(),
+        "Training complete 42 helped",
+        "stderr: {}",
+        text(&run_out.stderr)
+    );
+    // pip ran from the wheel: it is not installed into the image.
+    assert!(
+        !rootfs
+            .join("usr/local/lib/python3.9/site-packages/pip")
+            .exists()
+    );
+
+    // With no pip wheel anywhere, the error says what is missing and where it looked.
+    std::fs::remove_file(wheels.join(pip_wheel.file_name().unwrap())).unwrap();
+    let out = vx(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--output",
+        &format!("oci:{}", tmp.path().join("o2").display()),
+        "--cache-dir",
+        tmp.path().join("cache2").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("has no pip, which cannot write `pip install --report`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(wheels.to_str().unwrap()), "{stderr}");
+}
