@@ -87,6 +87,16 @@ pub enum PythonError {
     )]
     Install { status: String, stderr: String },
     #[error(
+        "{wheel}: the entry {entry:?} would be installed outside the staging root; refusing the wheel"
+    )]
+    UnsafeWheelEntry { wheel: String, entry: String },
+    #[error("{wheel} is not a readable wheel (zip) file")]
+    BadWheel {
+        wheel: String,
+        #[source]
+        source: zip::result::ZipError,
+    },
+    #[error(
         "{url} points into the sandbox at an unexpected place; cannot map it back to a host file"
     )]
     UnmappedLocal { url: String },
@@ -695,7 +705,46 @@ pub async fn fetch_wheels(
         .buffered(jobs.max(1))
         .try_collect()
         .await?;
+    let checked = results.clone();
+    tokio::task::spawn_blocking(move || checked.iter().try_for_each(|p| check_wheel_entries(p)))
+        .await
+        .expect("wheel check task")?;
     Ok(results)
+}
+
+/// Refuse a wheel with an entry that is absolute or climbs with `..` (pip refuses most such
+/// entries too; this check does not depend on which pip the base has).
+pub fn check_wheel_entries(path: &Path) -> Result<(), PythonError> {
+    let wheel = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = std::fs::File::open(path).map_err(|source| PythonError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|source| {
+        PythonError::BadWheel {
+            wheel: wheel.clone(),
+            source,
+        }
+    })?;
+    for name in archive.file_names() {
+        let name = name.map_err(|source| PythonError::BadWheel {
+            wheel: wheel.clone(),
+            source,
+        })?;
+        let unsafe_entry = name.starts_with('/')
+            || name.starts_with('\\')
+            || name.split(['/', '\\']).any(|c| c == "..");
+        if unsafe_entry {
+            return Err(PythonError::UnsafeWheelEntry {
+                wheel,
+                entry: name.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn fetch_one(

@@ -870,3 +870,45 @@ fn a_base_without_pip_gets_a_bootstrapped_pip_wheel_not_the_hosts_pip() {
     );
     assert!(stderr.contains(wheels.to_str().unwrap()), "{stderr}");
 }
+
+#[test]
+fn a_wheel_entry_that_would_land_outside_the_staging_root_is_refused() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    make_wheel(
+        &wheels,
+        "evil",
+        "1.0",
+        &[
+            ("evil/__init__.py", ""),
+            (
+                "evil-1.0.data/data/../../../../../../../etc/evil.conf",
+                "owned\n",
+            ),
+        ],
+    );
+    std::fs::write(project.join("requirements.txt"), "tinyapp\nevil\n").unwrap();
+    let out = vx(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--output",
+        &format!("oci:{}", tmp.path().join("o").display()),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("evil") && stderr.contains("outside"),
+        "{stderr}"
+    );
+    assert!(!Path::new("/etc/evil.conf").exists());
+    assert!(!tmp.path().join("o/index.json").exists());
+}
