@@ -912,3 +912,125 @@ fn a_wheel_entry_that_would_land_outside_the_staging_root_is_refused() {
     assert!(!Path::new("/etc/evil.conf").exists());
     assert!(!tmp.path().join("o/index.json").exists());
 }
+
+#[test]
+fn a_multi_platform_base_index_resolves_to_the_host_platform() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let cache = tmp.path().join("cache");
+    // Some other existing manifest of the same repository to stand as the index's arm64 entry
+    // (the registry checks that an index's manifests exist, not their platforms).
+    let (other, _) = vx_ok(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--image",
+        &format!("{}/library/python:other", reg.host()),
+        "--push",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    let (other_digest, other_size) =
+        manifest_head(&reg.host(), "library/python", &digest_of(&other));
+    let (digest, size) = manifest_head(&reg.host(), "library/python", "3.9-slim");
+    // An index with the arm64 entry first and the fixture's amd64 manifest second.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other_digest, "size": other_size, "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size, "platform": {"architecture": "amd64", "os": "linux"}}
+        ]
+    });
+    let put = Command::new("curl")
+        .args([
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.index.v1+json",
+            "--data-binary",
+        ])
+        .arg(index.to_string())
+        .arg(format!(
+            "http://{}/v2/library/python/manifests/multi",
+            reg.host()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        text(&put.stdout).ends_with("201"),
+        "PUT index ({:?}): {}{}",
+        put.status,
+        text(&put.stdout),
+        text(&put.stderr)
+    );
+    let multi = format!("{}/library/python:multi", reg.host());
+    let image = format!("{}/multi/app:v1", reg.host());
+    let (reference, _) = vx_ok(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &multi,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--image",
+        &image,
+        "--push",
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ]);
+    let raw = skopeo_inspect_raw(&by_digest(&reference));
+    assert_eq!(
+        raw["annotations"]["org.opencontainers.image.base.digest"].as_str(),
+        Some(digest.as_str()),
+        "the amd64 manifest was chosen"
+    );
+    assert_eq!(
+        raw["annotations"]["org.opencontainers.image.base.name"].as_str(),
+        Some(multi.as_str())
+    );
+}
+
+/// The digest and size the registry gives for a manifest (HEAD, Docker-Content-Digest).
+fn manifest_head(host: &str, repository: &str, reference: &str) -> (String, u64) {
+    let out = Command::new("curl")
+        .args([
+            "-sSfI",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        ])
+        .arg(format!(
+            "http://{host}/v2/{repository}/manifests/{reference}"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "HEAD {host}/{repository}/{reference}: {}",
+        text(&out.stderr)
+    );
+    let headers = text(&out.stdout).to_ascii_lowercase();
+    let header = |name: &str| {
+        headers
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name}: "))
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} header in {headers}"))
+    };
+    (
+        header("docker-content-digest"),
+        header("content-length").parse().unwrap(),
+    )
+}
