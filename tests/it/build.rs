@@ -718,6 +718,12 @@ fn base_on_another_registry_is_streamed_across_and_extra_packages_install() {
     .unwrap();
     std::fs::remove_file(project.join("requirements.txt")).unwrap();
     let extra = format!("dist/{}", app_wheel.file_name().to_string_lossy());
+    // An ignored folder brought back with --extra-dirs; another ignored folder stays out.
+    std::fs::create_dir_all(project.join("configs/prod")).unwrap();
+    std::fs::write(project.join("configs/prod/settings.yaml"), "lr: 0.1\n").unwrap();
+    std::fs::create_dir_all(project.join("scratch")).unwrap();
+    std::fs::write(project.join("scratch/notes.txt"), "x\n").unwrap();
+    std::fs::write(project.join(".dockerignore"), "configs/\nscratch/\ndist/\n").unwrap();
     let image = format!("{}/team/trainer:v2", target.host());
     let cache = tmp.path().join("cache");
     let (reference, _) = vx_ok(&[
@@ -730,6 +736,8 @@ fn base_on_another_registry_is_streamed_across_and_extra_packages_install() {
         wheels.to_str().unwrap(),
         "--extra-packages",
         &extra,
+        "--extra-dirs",
+        "configs",
         "--image",
         &image,
         "--push",
@@ -751,6 +759,11 @@ fn base_on_another_registry_is_streamed_across_and_extra_packages_install() {
     assert!(site.join("tinyapp-2.0.dist-info/direct_url.json").exists());
     assert!(site.join("tinyapp-2.0.dist-info/REQUESTED").exists());
     assert!(!site.join("tinydep-1.0.dist-info/direct_url.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("usr/app/configs/prod/settings.yaml")).unwrap(),
+        "lr: 0.1\n"
+    );
+    assert!(!rootfs.join("usr/app/scratch").exists() && !rootfs.join("usr/app/dist").exists());
     // Base layers (2) + dependencies + application + config + the manifest (distribution stores
     // manifests as blobs too) landed in the target.
     assert_eq!(
