@@ -68,6 +68,8 @@ pub struct BaseImage {
     /// The reference pinned to the platform manifest's digest.
     pub pinned: Reference,
     pub manifest_digest: Digest,
+    /// What the reference itself resolved to (an index or the manifest): a moved tag shows here.
+    pub reference_digest: Digest,
     pub manifest: Manifest,
     pub config: Value,
     pub platform: Platform,
@@ -134,7 +136,7 @@ pub async fn resolve(
         }
         (b, d)
     } else if oci::is_manifest_media_type(&media_type) || media_type.is_empty() {
-        (bytes, digest)
+        (bytes, digest.clone())
     } else {
         return Err(BaseError::UnsupportedManifest {
             reference: shown,
@@ -175,6 +177,7 @@ pub async fn resolve(
         name: name.to_string(),
         pinned,
         manifest_digest,
+        reference_digest: digest,
         manifest,
         config,
         platform: platform.clone(),

@@ -25,13 +25,38 @@ pub struct Cli {
 pub enum Command {
     /// Build the image for a project folder (the default command).
     Build(BuildArgs),
+    /// Resolve the base and the dependencies and write vxbuild.lock, without building.
+    Lock(LockArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LockArgs {
+    /// Re-resolve every dependency and move the base to its tag's current digest.
+    #[arg(long)]
+    pub upgrade: bool,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+/// What the command line asks for.
+pub enum Action {
+    Build(BuildArgs),
+    Lock(LockArgs),
 }
 
 impl Cli {
     pub fn into_build_args(self) -> BuildArgs {
+        match self.into_action() {
+            Action::Build(a) => a,
+            Action::Lock(l) => l.build,
+        }
+    }
+
+    pub fn into_action(self) -> Action {
         match self.command {
-            Some(Command::Build(a)) => a,
-            None => self.build,
+            Some(Command::Build(a)) => Action::Build(a),
+            Some(Command::Lock(l)) => Action::Lock(l),
+            None => Action::Build(self.build),
         }
     }
 }
@@ -122,6 +147,18 @@ pub struct BuildArgs {
     /// default, as docker does. Repeatable.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
+
+    /// Compile the installed dependencies to .pyc in the sandbox (unchecked-hash, reproducible).
+    #[arg(long)]
+    pub compile_bytecode: bool,
+
+    /// Do not read or write vxbuild.lock: resolve afresh and leave no lock behind.
+    #[arg(long, conflicts_with = "locked")]
+    pub no_lock: bool,
+
+    /// Fail instead of re-locking when vxbuild.lock is missing or does not match its inputs.
+    #[arg(long)]
+    pub locked: bool,
 
     /// Parallel downloads and uploads.
     #[arg(long, value_name = "N", default_value_t = 4)]

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod digest;
 pub mod image;
 pub mod layer;
+pub mod lock;
 pub mod oci;
 pub mod plan;
 pub mod publish;
@@ -54,7 +55,7 @@ pub enum BuildError {
     Base {
         reference: String,
         #[source]
-        source: base::BaseError,
+        source: Box<base::BaseError>,
     },
     #[error("failed to collect the project's files")]
     Sources(#[source] source::SourceError),
@@ -84,6 +85,8 @@ pub enum BuildError {
         #[source]
         source: publish::layout::LayoutError,
     },
+    #[error(transparent)]
+    Lock(lock::LockError),
     #[error("failed to prepare a scratch folder in the cache")]
     Scratch(#[source] std::io::Error),
 }
@@ -125,12 +128,20 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
     .map_err(BuildError::Client)?;
     let base_err = |source| BuildError::Base {
         reference: plan.base.to_string(),
-        source,
+        source: Box::new(source),
     };
-    reporter.info(&format!("Resolving {}", plan.base));
-    let base = base::resolve(&client, &plan.base, &plan.platform, &cache)
-        .await
-        .map_err(base_err)?;
+    // The lock: reused when it matches its inputs; a plain build never moves a locked base.
+    let lock_state = LockState::load(plan)?;
+    let base = resolve_base(
+        plan,
+        &client,
+        &cache,
+        lock_state.existing.as_ref(),
+        false,
+        reporter,
+    )
+    .await
+    .map_err(base_err)?;
 
     // Stage 2: dependencies, installed by the base's own python in the sandbox.
     let mut new_layers = Vec::new();
@@ -144,7 +155,15 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
             .await
             .map_err(base_err)?;
         home_missing = std::fs::symlink_metadata(rootfs.join("home")).is_err();
-        let (layer, pinned) = install_dependencies(plan, &cache, &base, &rootfs, reporter).await?;
+        let locked = match lock_state.fresh() {
+            Some(lock) => {
+                reporter.info("Using vxbuild.lock");
+                Some(lock::resolution_of(lock, plan, &cache).map_err(BuildError::Lock)?)
+            }
+            None => None,
+        };
+        let (layer, pinned) =
+            install_dependencies(plan, &cache, &base, &rootfs, locked, reporter).await?;
         wheels = pinned;
         if let Some(layer) = layer {
             new_layers.push(NewLayer {
@@ -249,6 +268,7 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
             image.manifest_digest
         ),
     };
+    lock_state.write_if_needed(plan, &base, &wheels, reporter)?;
     Ok(BuildOutcome {
         manifest_digest: image.manifest_digest.clone(),
         reference,
@@ -257,6 +277,69 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
         left_out: sources.left_out,
         push_stats,
     })
+}
+
+/// `vxbuild lock`: resolve the base and the dependencies and write vxbuild.lock. An up-to-date lock
+/// is left alone unless `upgrade`, which re-resolves everything and moves the base to its tag's
+/// current digest. Returns the lock's path.
+pub async fn lock(
+    plan: &BuildPlan,
+    upgrade: bool,
+    reporter: &dyn Reporter,
+) -> Result<std::path::PathBuf, BuildError> {
+    let cache = Cache::open(&plan.cache_dir).map_err(|source| BuildError::Cache {
+        path: plan.cache_dir.clone(),
+        source,
+    })?;
+    let client = RegistryClient::new(ClientOptions {
+        insecure_registries: plan.insecure_registries.clone(),
+        docker_config: None,
+        max_concurrent: plan.jobs,
+    })
+    .map_err(BuildError::Client)?;
+    let base_err = |source| BuildError::Base {
+        reference: plan.base.to_string(),
+        source: Box::new(source),
+    };
+    let auto = BuildPlan {
+        lock_mode: plan::LockMode::Auto,
+        ..plan.clone()
+    };
+    let state = LockState::load(&auto)?;
+    if state.fresh().is_some() && !upgrade {
+        reporter.info("vxbuild.lock is up to date");
+        return Ok(state.path);
+    }
+    let base = resolve_base(
+        plan,
+        &client,
+        &cache,
+        state.existing.as_ref(),
+        upgrade,
+        reporter,
+    )
+    .await
+    .map_err(base_err)?;
+    let mut wheels = Vec::new();
+    if !plan.requirements.is_empty() {
+        let layer_paths = base::fetch_layers(&client, &base, &cache, plan.jobs, reporter)
+            .await
+            .map_err(base_err)?;
+        let rootfs = base::rootfs(&base, layer_paths, &cache, reporter)
+            .await
+            .map_err(base_err)?;
+        let env = python_env(plan, &cache, &base, &rootfs, reporter).await?;
+        wheels = env.resolve(plan, &cache, reporter).await?.wheels;
+    }
+    let new = lock_file_for(plan, &state.inputs, &base, &wheels);
+    lock::write(&state.path, &new).map_err(BuildError::Lock)?;
+    reporter.info(&format!(
+        "Wrote {} ({} package(s), base {})",
+        state.path.display(),
+        wheels.len(),
+        base.manifest_digest
+    ));
+    Ok(state.path)
 }
 
 async fn collect_sources(plan: &BuildPlan) -> Result<source::SourceSet, BuildError> {
@@ -290,13 +373,21 @@ async fn collect_sources(plan: &BuildPlan) -> Result<source::SourceSet, BuildErr
     Ok(set)
 }
 
-async fn install_dependencies(
+/// The base's python, ready to run pip in the sandbox.
+struct PythonEnv {
+    sandbox: sandbox::Sandbox,
+    interp: python::Interpreter,
+    runner: PipRunner,
+    http: reqwest::Client,
+}
+
+async fn python_env(
     plan: &BuildPlan,
     cache: &Cache,
     base: &base::BaseImage,
     rootfs: &Path,
     reporter: &dyn Reporter,
-) -> Result<(Option<LayerBlob>, Vec<PinnedWheel>), BuildError> {
+) -> Result<PythonEnv, BuildError> {
     let py = BuildError::Python;
     let sandbox = sandbox::Sandbox::new(rootfs).map_err(|e| py(e.into()))?;
     let interp = python::probe(&sandbox, &base.path_env())
@@ -320,25 +411,63 @@ async fn install_dependencies(
             .await
             .map_err(|e| py(e.into()))?
     };
-    reporter.info(&format!(
-        "Resolving dependencies with Python {} ({})",
-        interp.version_string(),
-        interp.executable
-    ));
-    let resolution = python::resolve(
-        &sandbox,
-        &interp,
-        &runner,
-        &plan.requirements,
-        &plan.pip,
-        cache,
-    )
-    .await
-    .map_err(py)?;
+    Ok(PythonEnv {
+        sandbox,
+        interp,
+        runner,
+        http,
+    })
+}
+
+impl PythonEnv {
+    async fn resolve(
+        &self,
+        plan: &BuildPlan,
+        cache: &Cache,
+        reporter: &dyn Reporter,
+    ) -> Result<python::Resolution, BuildError> {
+        reporter.info(&format!(
+            "Resolving dependencies with Python {} ({})",
+            self.interp.version_string(),
+            self.interp.executable
+        ));
+        python::resolve(
+            &self.sandbox,
+            &self.interp,
+            &self.runner,
+            &plan.requirements,
+            &plan.pip,
+            cache,
+        )
+        .await
+        .map_err(BuildError::Python)
+    }
+}
+
+async fn install_dependencies(
+    plan: &BuildPlan,
+    cache: &Cache,
+    base: &base::BaseImage,
+    rootfs: &Path,
+    locked: Option<python::Resolution>,
+    reporter: &dyn Reporter,
+) -> Result<(Option<LayerBlob>, Vec<PinnedWheel>), BuildError> {
+    let py = BuildError::Python;
+    let env = python_env(plan, cache, base, rootfs, reporter).await?;
+    let PythonEnv {
+        sandbox,
+        interp,
+        runner,
+        http,
+    } = &env;
+    let resolution = match locked {
+        Some(r) => r,
+        None => env.resolve(plan, cache, reporter).await?,
+    };
     if resolution.wheels.is_empty() {
         return Ok((None, Vec::new()));
     }
-    let paths = python::fetch_wheels(&resolution, cache, &http, plan.jobs, reporter)
+    let paths = python::fetch_wheels(&resolution, cache, http, plan.jobs, reporter)
         .await
         .map_err(py)?;
     reporter.info(&format!("Installing {} wheel(s)", resolution.wheels.len()));
@@ -346,9 +475,9 @@ async fn install_dependencies(
     let staging = scratch.path().join("staging");
     std::fs::create_dir(&staging).map_err(BuildError::Scratch)?;
     python::install(
-        &sandbox,
-        &interp,
-        &runner,
+        sandbox,
+        interp,
+        runner,
         &resolution,
         &paths,
         &staging,
@@ -356,6 +485,12 @@ async fn install_dependencies(
     )
     .await
     .map_err(py)?;
+    if plan.compile_bytecode {
+        reporter.info("Compiling the dependencies to bytecode");
+        python::compile_bytecode(sandbox, interp, &staging)
+            .await
+            .map_err(py)?;
+    }
     let opts = LayerOptions {
         mtime: plan.source_date_epoch,
     };
@@ -444,4 +579,151 @@ fn merge_under(set: &mut source::SourceSet, rel: &str, more: source::SourceSet) 
         h.push(0);
     }
     set.content_hash = Digest::of(&h);
+}
+
+/// The lock as found at the start of a build, and whether it matches the plan.
+struct LockState {
+    path: std::path::PathBuf,
+    mode: plan::LockMode,
+    inputs: lock::LockInputs,
+    existing: Option<lock::LockFile>,
+    stale: Vec<String>,
+}
+
+impl LockState {
+    fn load(plan: &BuildPlan) -> Result<Self, BuildError> {
+        let path = plan.project_dir.join(lock::LOCK_FILE);
+        let inputs = lock::inputs_of(plan).map_err(BuildError::Lock)?;
+        let existing = match plan.lock_mode {
+            plan::LockMode::Off => None,
+            _ => lock::read(&path).map_err(BuildError::Lock)?,
+        };
+        let stale = existing
+            .as_ref()
+            .map(|l| l.changes(&inputs))
+            .unwrap_or_default();
+        if plan.lock_mode == plan::LockMode::Locked {
+            match &existing {
+                None => return Err(BuildError::Lock(lock::LockError::Missing { path })),
+                Some(_) if !stale.is_empty() => {
+                    return Err(BuildError::Lock(lock::LockError::Stale {
+                        path,
+                        changes: stale.join("; "),
+                    }));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(LockState {
+            path,
+            mode: plan.lock_mode,
+            inputs,
+            existing,
+            stale,
+        })
+    }
+
+    /// The lock, when it can be used as it is.
+    fn fresh(&self) -> Option<&lock::LockFile> {
+        self.existing.as_ref().filter(|_| self.stale.is_empty())
+    }
+
+    /// Write the lock after a successful build when there was none or it was stale.
+    fn write_if_needed(
+        &self,
+        plan: &BuildPlan,
+        base: &base::BaseImage,
+        wheels: &[PinnedWheel],
+        reporter: &dyn Reporter,
+    ) -> Result<(), BuildError> {
+        if self.mode == plan::LockMode::Off || self.fresh().is_some() {
+            return Ok(());
+        }
+        if self.existing.is_some() {
+            reporter.info(&format!(
+                "vxbuild.lock was stale ({}); re-locked",
+                self.stale.join("; ")
+            ));
+        }
+        let new = lock_file_for(plan, &self.inputs, base, wheels);
+        lock::write(&self.path, &new).map_err(BuildError::Lock)?;
+        reporter.info(&format!("Wrote {}", self.path.display()));
+        Ok(())
+    }
+}
+
+fn lock_file_for(
+    plan: &BuildPlan,
+    inputs: &lock::LockInputs,
+    base: &base::BaseImage,
+    wheels: &[PinnedWheel],
+) -> lock::LockFile {
+    lock::LockFile {
+        version: lock::LOCK_VERSION,
+        inputs: inputs.clone(),
+        base: vec![lock::LockedBase {
+            reference: plan.base.to_string(),
+            platform: plan.platform.to_string(),
+            reference_digest: base.reference_digest.to_string(),
+            digest: base.manifest_digest.to_string(),
+        }],
+        package: lock::packages_of(
+            &python::Resolution {
+                wheels: wheels.to_vec(),
+            },
+            plan,
+        ),
+    }
+}
+
+/// The base: pinned to the locked digest when a lock names this reference (unless `upgrade`),
+/// else resolved from the registry. Says when the tag has moved since it was locked.
+async fn resolve_base(
+    plan: &BuildPlan,
+    client: &RegistryClient,
+    cache: &Cache,
+    existing: Option<&lock::LockFile>,
+    upgrade: bool,
+    reporter: &dyn Reporter,
+) -> Result<base::BaseImage, base::BaseError> {
+    let locked = existing
+        .and_then(|l| l.base_for(&plan.base.to_string(), &plan.platform.to_string()))
+        .filter(|_| !upgrade && plan.base.digest.is_none());
+    let Some(locked) = locked else {
+        reporter.info(&format!("Resolving {}", plan.base));
+        return base::resolve(client, &plan.base, &plan.platform, cache).await;
+    };
+    let (Ok(digest), Ok(reference_digest)) = (
+        locked.digest.parse::<Digest>(),
+        locked.reference_digest.parse::<Digest>(),
+    ) else {
+        reporter.info(&format!(
+            "Resolving {} (the locked digest is not valid)",
+            plan.base
+        ));
+        return base::resolve(client, &plan.base, &plan.platform, cache).await;
+    };
+    let mut base = base::resolve(
+        client,
+        &plan.base.with_digest(digest),
+        &plan.platform,
+        cache,
+    )
+    .await?;
+    base.reference_digest = reference_digest.clone();
+    // A moved tag is worth a word, never a silent change; an unreachable registry is no error here.
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.get_manifest(&plan.base),
+    )
+    .await;
+    if let Ok(Ok(current)) = probe
+        && current.digest != reference_digest
+    {
+        reporter.warn(&format!(
+            "{} has moved to {} since vxbuild.lock was written; the build keeps {} — run `vxbuild lock --upgrade` to move",
+            plan.base, current.digest, reference_digest
+        ));
+    }
+    Ok(base)
 }

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vxbuild::cli::Cli;
-use vxbuild::plan::{Environment, plan};
+use vxbuild::cli::{Action, Cli};
+use vxbuild::plan::{Environment, plan, plan_lock};
 use vxbuild::report::Reporter;
 
 /// Progress and warnings on stderr.
@@ -39,7 +39,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    let args = cli.into_build_args();
+    let (args, upgrade) = match cli.into_action() {
+        Action::Build(a) => (a, None),
+        Action::Lock(l) => (l.build, Some(l.upgrade)),
+    };
     let quiet = args.quiet;
     let env = match Environment::from_process() {
         Ok(e) => e,
@@ -48,7 +51,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let plan = match plan(args, &env) {
+    let planned = match upgrade {
+        None => plan(args, &env),
+        Some(_) => plan_lock(args, &env),
+    };
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -66,9 +73,17 @@ fn main() -> ExitCode {
         }
     };
     let reporter = Stderr { quiet };
-    match runtime.block_on(vxbuild::build(&plan, &reporter)) {
-        Ok(outcome) => {
-            println!("{}", outcome.reference);
+    let result = match upgrade {
+        None => runtime
+            .block_on(vxbuild::build(&plan, &reporter))
+            .map(|o| o.reference),
+        Some(upgrade) => runtime
+            .block_on(vxbuild::lock(&plan, upgrade, &reporter))
+            .map(|p| p.display().to_string()),
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -86,6 +86,17 @@ impl LocalOutput {
     }
 }
 
+/// How a build treats vxbuild.lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Use the lock when it matches its inputs; otherwise resolve and (re)write it.
+    Auto,
+    /// Use the lock; fail when it is missing or stale (`--locked`).
+    Locked,
+    /// Neither read nor write a lock (`--no-lock`).
+    Off,
+}
+
 /// Everything one build needs, checked.
 #[derive(Debug, Clone)]
 pub struct BuildPlan {
@@ -110,6 +121,9 @@ pub struct BuildPlan {
     pub source_date_epoch: u64,
     pub platform: Platform,
     pub jobs: usize,
+    pub compile_bytecode: bool,
+    /// How vxbuild.lock is used.
+    pub lock_mode: LockMode,
     /// Absolute paths inside the project that are the build's own (outputs, cache): never copied.
     pub source_excludes: Vec<PathBuf>,
 }
@@ -136,7 +150,21 @@ impl Environment {
     }
 }
 
+/// The plan for `vxbuild build`: it must have somewhere to put the image.
 pub fn plan(args: BuildArgs, env: &Environment) -> Result<BuildPlan, PlanError> {
+    plan_for(args, env, true)
+}
+
+/// The plan for `vxbuild lock`: the same inputs, no destination needed.
+pub fn plan_lock(args: BuildArgs, env: &Environment) -> Result<BuildPlan, PlanError> {
+    plan_for(args, env, false)
+}
+
+fn plan_for(
+    args: BuildArgs,
+    env: &Environment,
+    needs_destination: bool,
+) -> Result<BuildPlan, PlanError> {
     let dir_arg = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let dir_abs = env.cwd.join(&dir_arg);
     let project_dir = dir_abs.canonicalize().map_err(|e| PlanError::ProjectDir {
@@ -339,7 +367,7 @@ pub fn plan(args: BuildArgs, env: &Environment) -> Result<BuildPlan, PlanError> 
     for o in &outputs_in {
         outputs.push(parse_output(o, &default_tag, &env.cwd)?);
     }
-    if !push && outputs.is_empty() {
+    if needs_destination && !push && outputs.is_empty() {
         return Err(flag(
             "--push",
             "nothing to do: pass --push (with --image) and/or --output oci:DIR[:TAG]",
@@ -436,6 +464,9 @@ pub fn plan(args: BuildArgs, env: &Environment) -> Result<BuildPlan, PlanError> 
     let mut source_excludes: Vec<PathBuf> =
         outputs.iter().map(|o| o.path().to_path_buf()).collect();
     source_excludes.push(cache_dir.clone());
+    // Build metadata, not application code; and the first build writes it, so copying it would
+    // make the second build's digest differ from the first.
+    source_excludes.push(project_dir.join(crate::lock::LOCK_FILE));
     let source_excludes = source_excludes
         .into_iter()
         .map(|p| {
@@ -466,6 +497,14 @@ pub fn plan(args: BuildArgs, env: &Environment) -> Result<BuildPlan, PlanError> 
         source_date_epoch,
         platform: Platform::host(),
         jobs: args.jobs,
+        compile_bytecode: args.compile_bytecode,
+        lock_mode: if args.no_lock {
+            LockMode::Off
+        } else if args.locked {
+            LockMode::Locked
+        } else {
+            LockMode::Auto
+        },
         source_excludes,
     })
 }

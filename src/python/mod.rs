@@ -82,6 +82,8 @@ pub enum PythonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("compiling the dependencies to bytecode failed (exit status {status}):\n{stderr}")]
+    Compile { status: String, stderr: String },
     #[error(
         "pip failed to install the wheels into the staging root (exit status {status}):\n{stderr}"
     )]
@@ -930,6 +932,41 @@ pub async fn install(
             path: PathBuf::from("staging root"),
             source,
         })?;
+    Ok(())
+}
+
+/// Compile every .py under the staging root to .pyc with the base's own python, in the sandbox:
+/// `unchecked-hash` pycs (no source mtime inside) with the staging prefix stripped from the paths
+/// recorded in them, so two builds of the same wheels give the same bytes.
+pub async fn compile_bytecode(
+    sandbox: &Sandbox,
+    interp: &Interpreter,
+    staging: &Path,
+) -> Result<(), PythonError> {
+    let argv = [
+        interp.executable.as_str(),
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "1",
+        "--invalidation-mode",
+        "unchecked-hash",
+        "-s",
+        SB_STAGING,
+        "-p",
+        "/",
+        SB_STAGING,
+    ];
+    let mut cmd = SandboxCommand::new(argv).rw(staging, SB_STAGING);
+    cmd.env = base_env(&interp.path_env);
+    let out = sandbox.run(&cmd).await?;
+    if !out.status.success() {
+        return Err(PythonError::Compile {
+            status: status_text(&out),
+            stderr: trim_pip_stderr(&out.stderr_text()),
+        });
+    }
     Ok(())
 }
 

@@ -46,7 +46,7 @@ pub fn copy_tree(src: &Path, dest: &Path) {
     }
 }
 
-fn text(b: &[u8]) -> String {
+pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -89,7 +89,7 @@ pub fn by_digest(reference: &str) -> String {
     format!("{repo}@{digest}")
 }
 
-fn digest_of(reference: &str) -> String {
+pub fn digest_of(reference: &str) -> String {
     reference
         .rsplit_once('@')
         .map(|(_, d)| d.to_string())

@@ -2,5 +2,7 @@
 
 mod build;
 mod fixture_selftest;
+mod lock;
 mod registry_client;
+mod repro;
 mod support;

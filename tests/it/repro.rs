@@ -1,0 +1,85 @@
+//! Issue 3: reproducible bytecode.
+
+use crate::build::{digest_of, tiny_project, vx_ok};
+use crate::support::*;
+
+#[test]
+fn compile_bytecode_gives_unchecked_hash_pycs_and_the_same_digest_twice() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let mut digests = Vec::new();
+    for (i, umask) in ["022", "077"].iter().enumerate() {
+        let out_dir = tmp.path().join(format!("out-{i}"));
+        let cache = tmp.path().join(format!("cache-{i}"));
+        let cmd = format!(
+            "umask {umask}; exec \"$@\" build {} --base-image {base} --no-index --find-links {} --no-lock --compile-bytecode --output oci:{} --cache-dir {}",
+            project.display(),
+            wheels.display(),
+            out_dir.display(),
+            cache.display()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_vxbuild"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        digests.push(digest_of(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "two --compile-bytecode builds must give the same digest"
+    );
+
+    // Without the flag no bytecode is written, and the digest differs.
+    let (plain, _) = vx_ok(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--no-lock",
+        "--output",
+        &format!("oci:{}", tmp.path().join("plain").display()),
+        "--cache-dir",
+        tmp.path().join("cache-0").to_str().unwrap(),
+    ]);
+    assert_ne!(digest_of(&plain), digests[0]);
+
+    let rootfs = unpack_layout(
+        &tmp.path().join("out-0"),
+        "latest",
+        &tmp.path().join("unpacked"),
+    );
+    let pyc = rootfs
+        .join("usr/local/lib/python3.9/site-packages/tinydep/__pycache__/__init__.cpython-39.pyc");
+    let bytes = std::fs::read(&pyc).unwrap_or_else(|e| panic!("{}: {e}", pyc.display()));
+    // PEP 552 header: flags word 0b01 = hash-based, not checked against the source.
+    assert_eq!(&bytes[4..8], &[1, 0, 0, 0], "unchecked-hash pyc");
+    // The staging path is not recorded in the code objects.
+    assert!(
+        !bytes
+            .windows(b"/vx/staging".len())
+            .any(|w| w == b"/vx/staging"),
+        "staging path leaked into the pyc"
+    );
+    let config = skopeo_inspect_config(&format!(
+        "oci:{}:latest",
+        tmp.path().join("out-0").display()
+    ));
+    let run = run_entrypoint(&rootfs, &config);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "Training complete 42 helped"
+    );
+}
