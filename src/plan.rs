@@ -635,9 +635,10 @@ mod tests {
         assert_eq!(p.max_file_size, 10_000_000);
         assert_eq!(p.source_date_epoch, 0);
         assert!(p.requirements.requirements_file.is_some());
+        let root = d.path().canonicalize().unwrap();
         assert_eq!(
             p.source_excludes,
-            [d.path().canonicalize().unwrap().join("out")]
+            [root.join("out"), root.join("vxbuild.lock")]
         );
     }
 
