@@ -512,7 +512,8 @@ fn same_digest_from_other_paths_mtimes_and_umask_and_layout_matches_push() {
         "--cache-dir",
         cache.to_str().unwrap(),
     ]);
-    // The second build: another umask, another cache, another working folder, TZ and locale.
+    // The second build: another umask, another (cold) cache, another working folder, TZ, locale
+    // and thread count.
     let layout_b = tmp.path().join("layout-b");
     let cache_b = tmp.path().join("cache-b");
     let out = Command::new("sh")
@@ -534,9 +535,12 @@ fn same_digest_from_other_paths_mtimes_and_umask_and_layout_matches_push() {
             &format!("oci:{}:other", layout_b.display()),
             "--cache-dir",
             cache_b.to_str().unwrap(),
+            "--jobs",
+            "1",
         ])
         .env("TZ", "Pacific/Kiritimati")
         .env("LC_ALL", "C")
+        .env("LANG", "tr_TR.UTF-8")
         .current_dir(&project_b)
         .output()
         .unwrap();
