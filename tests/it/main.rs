@@ -2,6 +2,7 @@
 
 mod build;
 mod fixture_selftest;
+mod golden;
 mod lock;
 mod registry_client;
 mod repro;
