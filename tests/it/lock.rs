@@ -266,3 +266,34 @@ fn a_moved_base_tag_is_reported_not_followed_until_lock_upgrade() {
     assert!(!stderr3.contains("has moved"), "{stderr3}");
     assert_ne!(digest_of(&first), digest_of(&third));
 }
+
+#[test]
+fn with_a_lock_and_a_warm_cache_the_build_needs_no_network_at_all() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let cache = tmp.path().join("cache");
+    let (first, _) = build(
+        &project,
+        &base,
+        &wheels,
+        &cache,
+        &tmp.path().join("o1"),
+        &[],
+    );
+    // No registry, no wheel folder: everything comes from the lock and the cache.
+    drop(reg);
+    let empty = tmp.path().join("empty-wheels");
+    std::fs::create_dir(&empty).unwrap();
+    let (second, stderr) = build(
+        &project,
+        &base,
+        &empty,
+        &cache,
+        &tmp.path().join("o2"),
+        &["--locked"],
+    );
+    assert_eq!(digest_of(&first), digest_of(&second), "{stderr}");
+    assert!(stderr.contains("Using vxbuild.lock"), "{stderr}");
+}

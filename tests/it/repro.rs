@@ -83,3 +83,68 @@ fn compile_bytecode_gives_unchecked_hash_pycs_and_the_same_digest_twice() {
         "Training complete 42 helped"
     );
 }
+
+#[test]
+fn source_date_epoch_sets_created_and_every_mtime() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let out_dir = tmp.path().join("out");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vxbuild"))
+        .args([
+            "build",
+            project.to_str().unwrap(),
+            "--base-image",
+            &base,
+            "--no-index",
+            "--find-links",
+            wheels.to_str().unwrap(),
+            "--no-lock",
+        ])
+        .args([
+            "--output",
+            &format!("oci:{}", out_dir.display()),
+            "--cache-dir",
+            tmp.path().join("cache").to_str().unwrap(),
+        ])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = skopeo_inspect_config(&format!("oci:{}:latest", out_dir.display()));
+    assert_eq!(config["created"], "2023-11-14T22:13:20Z");
+    // Every entry of every layer vxbuild wrote carries that mtime.
+    let manifest = skopeo_inspect_raw(&format!("oci:{}:latest", out_dir.display()));
+    let layers = manifest["layers"].as_array().unwrap();
+    for l in &layers[layers.len() - 2..] {
+        let digest = l["digest"].as_str().unwrap();
+        let blob = out_dir
+            .join("blobs/sha256")
+            .join(&digest["sha256:".len()..]);
+        let listing = std::process::Command::new("tar")
+            .args(["--numeric-owner", "--full-time", "-tvzf"])
+            .arg(&blob)
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+        assert!(!listing.is_empty());
+        for line in listing.lines() {
+            assert!(line.contains("2023-11-14 22:13:20"), "{line}");
+            assert!(line.contains(" 0/0 "), "{line}");
+        }
+    }
+    // A bad value names the variable.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_vxbuild"))
+        .args(["build", project.to_str().unwrap(), "--output", "oci:x"])
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("SOURCE_DATE_EPOCH"));
+}
