@@ -44,8 +44,10 @@ pub enum LockError {
         wheel: String,
         source_kind: String,
     },
-    #[error("vxbuild.lock: {what} is not valid: {value}")]
+    #[error("{what} is not valid: {value}")]
     Invalid { what: String, value: String },
+    #[error(transparent)]
+    Requirement(#[from] crate::python::requirements::RequirementError),
 }
 
 /// What a lock was made from. When any of it changes, the lock is stale.
@@ -154,12 +156,7 @@ pub fn inputs_of(plan: &BuildPlan) -> Result<LockInputs, LockError> {
     let requirements_txt = match &plan.requirements.requirements_file {
         None => String::new(),
         Some(top) => {
-            let files = crate::python::requirements::check_requirements_file(top).map_err(|e| {
-                LockError::Invalid {
-                    what: "requirements.txt".into(),
-                    value: e.to_string(),
-                }
-            })?;
+            let files = crate::python::requirements::check_requirements_file(top)?;
             let dir = top.parent().unwrap_or(Path::new("."));
             let mut bytes = Vec::new();
             for f in files {
@@ -296,12 +293,12 @@ pub fn resolution_of(
     let mut wheels = Vec::new();
     for p in &lock.package {
         let sha256 = Digest::from_hex(&p.sha256).map_err(|_| LockError::Invalid {
-            what: format!("sha256 of {}", p.name),
+            what: format!("vxbuild.lock: the sha256 of {}", p.name),
             value: p.sha256.clone(),
         })?;
         if p.wheel.contains('/') || !p.wheel.ends_with(".whl") {
             return Err(LockError::Invalid {
-                what: format!("wheel of {}", p.name),
+                what: format!("vxbuild.lock: the wheel of {}", p.name),
                 value: p.wheel.clone(),
             });
         }
