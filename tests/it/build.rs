@@ -439,6 +439,23 @@ fn unprivileged_user_builds_and_the_image_runs() {
             .output()
             .unwrap();
         assert_eq!(text(&owner.stdout).trim(), "nobody");
+        // The user who builds does not reach a byte: root, without the lock, gets the same digest.
+        let root_cache = tempfile::tempdir().unwrap();
+        let (as_root, _) = vx_ok(&[
+            "build",
+            project.to_str().unwrap(),
+            "--base-image",
+            &base,
+            "--no-index",
+            "--find-links",
+            wheels.to_str().unwrap(),
+            "--no-lock",
+            "--output",
+            &format!("oci:{}", tmp.path().join("as-root").display()),
+            "--cache-dir",
+            root_cache.path().to_str().unwrap(),
+        ]);
+        assert_eq!(digest_of(line.trim()), digest_of(&as_root));
     }
     let rootfs = unpack_layout(&layout, "latest", &tmp.path().join("unpacked"));
     let config = skopeo_inspect_config(&format!("oci:{}:latest", layout.display()));
