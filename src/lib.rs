@@ -143,18 +143,20 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
     .await
     .map_err(base_err)?;
 
+    // The base's root filesystem (unpacked once per base, cached): the sandbox's root, and what
+    // tells whether /home must be created, as autopackaging's `mkdir -p /home` would.
+    let layer_paths = base::fetch_layers(&client, &base, &cache, plan.jobs, reporter)
+        .await
+        .map_err(base_err)?;
+    let rootfs = base::rootfs(&base, layer_paths, &cache, reporter)
+        .await
+        .map_err(base_err)?;
+    let home_missing = std::fs::symlink_metadata(rootfs.join("home")).is_err();
+
     // Stage 2: dependencies, installed by the base's own python in the sandbox.
     let mut new_layers = Vec::new();
     let mut wheels = Vec::new();
-    let mut home_missing = false;
     if !plan.requirements.is_empty() {
-        let layer_paths = base::fetch_layers(&client, &base, &cache, plan.jobs, reporter)
-            .await
-            .map_err(base_err)?;
-        let rootfs = base::rootfs(&base, layer_paths, &cache, reporter)
-            .await
-            .map_err(base_err)?;
-        home_missing = std::fs::symlink_metadata(rootfs.join("home")).is_err();
         let locked = match lock_state.fresh() {
             Some(lock) => {
                 reporter.info("Using vxbuild.lock");
@@ -223,12 +225,7 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
     )
     .map_err(BuildError::Image)?;
 
-    // Stage 5: publish. Base layers must be in the cache for local outputs and cross-registry pushes.
-    if !plan.outputs.is_empty() {
-        base::fetch_layers(&client, &base, &cache, plan.jobs, reporter)
-            .await
-            .map_err(base_err)?;
-    }
+    // Stage 5: publish (the base's layers are in the cache since the rootfs was made).
     for out in &plan.outputs {
         let res = match out {
             LocalOutput::Layout { dir, tag } => {

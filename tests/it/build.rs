@@ -1068,3 +1068,65 @@ fn manifest_head(host: &str, repository: &str, reference: &str) -> (String, u64)
         header("content-length").parse().unwrap(),
     )
 }
+
+#[test]
+fn home_is_created_when_the_base_lacks_it_even_without_requirements() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // The fixture without /home (a whiteout layer made by umoci).
+    let layout = tmp.path().join("nohome-layout");
+    run(Command::new("cp").arg("-r").arg(base_layout()).arg(&layout));
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{BASE_TAG}", layout.display()))
+        .arg(&bundle));
+    std::fs::remove_dir_all(bundle.join("rootfs/home")).unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image"])
+        .arg(format!("{}:nohome", layout.display()))
+        .arg(&bundle));
+    let base = format!("{}/library/python:nohome", reg.host());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:nohome", layout.display()),
+        &format!("docker://{base}"),
+    ]);
+    let project = tmp.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join("train.py"),
+        "import os\nprint('Training complete', os.path.isdir(os.environ['HOME']))\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    vx_ok(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--output",
+        &format!("oci:{}", out.display()),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ]);
+    let rootfs = unpack_layout(&out, "latest", &tmp.path().join("unpacked"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(rootfs.join("home"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o777
+    );
+    let config = skopeo_inspect_config(&format!("oci:{}:latest", out.display()));
+    let run_out = run_entrypoint(&rootfs, &config);
+    assert_eq!(
+        text(&run_out.stdout).trim(),
+        "Training complete True",
+        "{}",
+        text(&run_out.stderr)
+    );
+}
