@@ -1,9 +1,10 @@
-//! Registry authentication: `WWW-Authenticate` challenges, credentials from Docker's config.json,
-//! and bearer tokens. No type here prints a secret through `Debug` or `Display`.
+//! Registry authentication: `WWW-Authenticate` challenges, credentials (Docker's config.json and
+//! its credential helpers, containers' auth.json), and bearer tokens. No type here prints a secret through `Debug` or `Display`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -210,6 +211,13 @@ impl Credentials {
         &self.password
     }
 
+    /// The OAuth2 refresh token, when these credentials are one (username `<token>`, as
+    /// credential helpers and config.json's `identitytoken` give it). The distribution token
+    /// protocol exchanges it with a POST (`grant_type=refresh_token`), not Basic auth.
+    pub fn identity_token(&self) -> Option<&str> {
+        (self.username == IDENTITY_TOKEN_USER).then_some(self.password.as_str())
+    }
+
     /// `Basic base64(user:password)`, marked sensitive so it is never logged by the HTTP stack.
     pub(crate) fn basic_header(&self) -> HeaderValue {
         let raw = format!("{}:{}", self.username, self.password);
@@ -230,14 +238,118 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Credentials from Docker's `config.json` (`auths`), keyed by normalized registry host.
-#[derive(Debug, Clone, Default)]
+/// Where credentials came from, for messages (never the credentials themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `docker-credential-NAME`, named by `credHelpers` (per registry) or `credsStore` (default)
+    /// in the Docker config file.
+    Helper {
+        name: String,
+        per_registry: bool,
+        config: Option<PathBuf>,
+    },
+    /// An `auths` entry of Docker's config.json.
+    DockerConfig(PathBuf),
+    /// An `auths` entry of containers' auth.json (`REGISTRY_AUTH_FILE`, podman, skopeo).
+    AuthFile(PathBuf),
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialSource::Helper {
+                name,
+                per_registry,
+                config,
+            } => {
+                let key = if *per_registry {
+                    "credHelpers"
+                } else {
+                    "credsStore"
+                };
+                write!(f, "credential helper docker-credential-{name} ({key}")?;
+                if let Some(p) = config {
+                    write!(f, " in {}", p.display())?;
+                }
+                f.write_str(")")
+            }
+            CredentialSource::DockerConfig(p) | CredentialSource::AuthFile(p) => {
+                write!(f, "{}", p.display())
+            }
+        }
+    }
+}
+
+/// A credential helper that could not answer. Names the helper and the registry; its text never
+/// holds what the helper printed on stdout (that may be a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("credential helper docker-credential-{helper} failed for {registry}: {problem}")]
+pub struct HelperError {
+    pub helper: String,
+    pub registry: String,
+    pub problem: String,
+}
+
+/// What one registry resolved to, once per process.
+#[derive(Debug)]
+enum Resolution {
+    Found {
+        creds: Credentials,
+        source: CredentialSource,
+    },
+    Failed(HelperError),
+    Nothing,
+}
+
+/// Runs `docker-credential-NAME get` for a server URL: `Ok(None)` when the helper has nothing
+/// for it. A field so unit tests can stand in for the subprocess.
+type HelperRunner =
+    Arc<dyn Fn(&str, &str) -> Result<Option<Credentials>, String> + Send + Sync + 'static>;
+
+/// Credentials as docker and go-containerregistry find them, first match wins:
+/// 1. `credHelpers[registry]` in Docker's config.json, then `credsStore`: `docker-credential-NAME
+///    get` with the server URL on stdin (a helper with nothing for the registry passes);
+/// 2. `auths[registry]` in config.json (`auth` = base64 `USER:PASSWORD`, or `identitytoken`);
+/// 3. `auths[registry]` in containers' auth.json: `$REGISTRY_AUTH_FILE`, else
+///    `$XDG_RUNTIME_DIR/containers/auth.json` then `~/.config/containers/auth.json`.
+///
+/// Keys are normalized ([`normalize_registry_key`]). Each registry is resolved once and the
+/// answer kept for the life of the process. A helper that fails gives no credentials, and
+/// [`DockerConfig::auth_hint`] says why.
+#[derive(Clone, Default)]
 pub struct DockerConfig {
     /// The file they came from (for messages); `None` when there was no file.
     pub path: Option<PathBuf>,
     entries: BTreeMap<String, Credentials>,
     helpers: BTreeMap<String, String>,
     creds_store: Option<String>,
+    /// containers' auth.json files that exist, in the order they are consulted.
+    auth_files: Vec<AuthFile>,
+    runner: Option<HelperRunner>,
+    /// Answers are leaked so `lookup` can lend them out: one small value per registry a process
+    /// talks to, kept until it exits, like the cache they form.
+    resolved: Arc<Mutex<HashMap<String, &'static Resolution>>>,
+}
+
+#[derive(Clone)]
+struct AuthFile {
+    path: PathBuf,
+    entries: BTreeMap<String, Credentials>,
+}
+
+impl fmt::Debug for DockerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerConfig")
+            .field("path", &self.path)
+            .field("registries", &self.entries.keys().collect::<Vec<_>>())
+            .field("helpers", &self.helpers)
+            .field("creds_store", &self.creds_store)
+            .field(
+                "auth_files",
+                &self.auth_files.iter().map(|a| &a.path).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -259,7 +371,21 @@ struct AuthEntry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
 }
+
+/// What a credential helper prints for `get`. No Debug: it holds a secret.
+#[derive(serde::Deserialize)]
+struct HelperAnswer {
+    #[serde(default, rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// The username with which helpers and config files mark the secret as an identity token.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
 
 impl DockerConfig {
     /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
@@ -272,21 +398,48 @@ impl DockerConfig {
             .map(|h| PathBuf::from(h).join(".docker/config.json"))
     }
 
-    /// Load `path`; a missing file is no credentials, a malformed one is an error naming the file.
+    /// containers' auth.json candidates: `$REGISTRY_AUTH_FILE` alone when set, else
+    /// `$XDG_RUNTIME_DIR/containers/auth.json` and `~/.config/containers/auth.json`.
+    pub fn default_auth_files() -> Vec<PathBuf> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(file) = var("REGISTRY_AUTH_FILE") {
+            return vec![PathBuf::from(file)];
+        }
+        let mut out = Vec::new();
+        if let Some(dir) = var("XDG_RUNTIME_DIR") {
+            out.push(PathBuf::from(dir).join("containers/auth.json"));
+        }
+        if let Some(home) = var("HOME") {
+            out.push(PathBuf::from(home).join(".config/containers/auth.json"));
+        }
+        out
+    }
+
+    /// Load `path`, and the auth.json files of [`DockerConfig::default_auth_files`] as fallbacks.
+    /// A missing file is no credentials, a malformed one is an error naming the file.
     pub fn load(path: &Path) -> Result<DockerConfig, RegistryError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(DockerConfig::default());
-            }
-            Err(source) => {
-                return Err(RegistryError::DockerConfig {
-                    path: path.to_path_buf(),
-                    source,
+        Self::load_with_auth_files(path, &Self::default_auth_files())
+    }
+
+    /// Load `path` with these auth.json fallbacks (consulted in order).
+    pub fn load_with_auth_files(
+        path: &Path,
+        auth_files: &[PathBuf],
+    ) -> Result<DockerConfig, RegistryError> {
+        let mut config = match read_if_exists(path)? {
+            Some(bytes) => Self::from_json(&bytes, path)?,
+            None => DockerConfig::default(),
+        };
+        for file in auth_files {
+            if let Some(bytes) = read_if_exists(file)? {
+                let parsed = Self::from_json(&bytes, file)?;
+                config.auth_files.push(AuthFile {
+                    path: file.clone(),
+                    entries: parsed.entries,
                 });
             }
-        };
-        Self::from_json(&bytes, path)
+        }
+        Ok(config)
     }
 
     fn from_json(bytes: &[u8], path: &Path) -> Result<DockerConfig, RegistryError> {
@@ -297,20 +450,32 @@ impl DockerConfig {
             })?;
         let mut entries = BTreeMap::new();
         for (key, entry) in file.auths {
-            let creds = match (entry.auth.filter(|a| !a.is_empty()), entry.username) {
-                (Some(auth), _) => decode_auth(&auth).ok_or_else(|| {
-                    // Name the entry, never its value.
-                    RegistryError::DockerConfig {
-                        path: path.to_path_buf(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!(
-                                "the \"auth\" of the entry for {key:?} is not base64 of USER:PASSWORD"
-                            ),
+            let bad = || {
+                // Name the entry, never its value.
+                RegistryError::DockerConfig {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the \"auth\" of the entry for {key:?} is not base64 of USER:PASSWORD"
                         ),
+                    ),
+                }
+            };
+            let creds = match (
+                entry.identitytoken.filter(|t| !t.is_empty()),
+                entry.auth.filter(|a| !a.is_empty()),
+                entry.username,
+            ) {
+                (Some(token), auth, _) => {
+                    // docker sends the token, not the password; a bad `auth` is still an error.
+                    if let Some(auth) = auth {
+                        decode_auth(&auth).ok_or_else(bad)?;
                     }
-                })?,
-                (None, Some(user)) if !user.is_empty() => {
+                    Credentials::new(IDENTITY_TOKEN_USER, token)
+                }
+                (None, Some(auth), _) => decode_auth(&auth).ok_or_else(bad)?,
+                (None, None, Some(user)) if !user.is_empty() => {
                     Credentials::new(user, entry.password.unwrap_or_default())
                 }
                 // `{}`: the secret lives in a credential store.
@@ -324,18 +489,41 @@ impl DockerConfig {
             helpers: file
                 .cred_helpers
                 .into_iter()
+                .filter(|(_, v)| !v.is_empty())
                 .map(|(k, v)| (normalize_registry_key(&k), v))
                 .collect(),
             creds_store: file.creds_store.filter(|s| !s.is_empty()),
+            ..DockerConfig::default()
         })
     }
 
-    /// Credentials for a registry as written in a reference (`docker.io`, `host:port`).
+    /// Credentials for a registry as written in a reference (`docker.io`, `host:port`), from the
+    /// first source that has some (see [`DockerConfig`]). Runs a credential helper the first time
+    /// a registry is asked for; later calls answer from the cache.
     pub fn lookup(&self, registry: &str) -> Option<&Credentials> {
-        self.entries.get(&normalize_registry_key(registry))
+        match self.resolve(registry) {
+            Resolution::Found { creds, .. } => Some(creds),
+            Resolution::Failed(_) | Resolution::Nothing => None,
+        }
     }
 
-    /// A credential helper docker would use for this registry (not supported yet; for hints).
+    /// Where [`DockerConfig::lookup`]'s credentials for `registry` came from.
+    pub fn source(&self, registry: &str) -> Option<&CredentialSource> {
+        match self.resolve(registry) {
+            Resolution::Found { source, .. } => Some(source),
+            Resolution::Failed(_) | Resolution::Nothing => None,
+        }
+    }
+
+    /// The credential helper that failed for `registry`, if one did.
+    pub fn helper_error(&self, registry: &str) -> Option<&HelperError> {
+        match self.resolve(registry) {
+            Resolution::Failed(e) => Some(e),
+            Resolution::Found { .. } | Resolution::Nothing => None,
+        }
+    }
+
+    /// The credential helper docker would use for this registry (`credHelpers`, else `credsStore`).
     pub fn helper_for(&self, registry: &str) -> Option<&str> {
         self.helpers
             .get(&normalize_registry_key(registry))
@@ -343,10 +531,209 @@ impl DockerConfig {
             .map(String::as_str)
     }
 
+    /// What to check after an authentication failure at `registry`: the source of the
+    /// credentials that were refused, the helper that failed, or the files that had none.
+    /// Names files, helpers and hosts, never secrets.
+    pub fn auth_hint(&self, registry: &str) -> String {
+        match self.resolve(registry) {
+            Resolution::Found { source, .. } => {
+                let from = match source {
+                    CredentialSource::Helper { .. } => "from",
+                    CredentialSource::DockerConfig(_) | CredentialSource::AuthFile(_) => "in",
+                };
+                format!("check the credentials for {registry} {from} {source}")
+            }
+            Resolution::Failed(e) => e.to_string(),
+            Resolution::Nothing => {
+                let mut files: Vec<String> = self
+                    .path
+                    .iter()
+                    .chain(self.auth_files.iter().map(|a| &a.path))
+                    .map(|p| p.display().to_string())
+                    .collect();
+                if files.is_empty() {
+                    files.push("the Docker config file (none found)".into());
+                }
+                format!("no credentials for {registry} in {}", files.join(" or "))
+            }
+        }
+    }
+
+    fn resolve(&self, registry: &str) -> &Resolution {
+        let key = normalize_registry_key(registry);
+        // Held while a helper runs, so each registry's helper runs once.
+        let mut cache = self.resolved.lock().expect("credential cache lock");
+        if let Some(r) = cache.get(&key) {
+            return r;
+        }
+        let r: &'static Resolution = Box::leak(Box::new(self.resolve_uncached(&key)));
+        cache.insert(key, r);
+        r
+    }
+
+    fn resolve_uncached(&self, key: &str) -> Resolution {
+        let helpers = self
+            .helpers
+            .get(key)
+            .map(|h| (h, true))
+            .into_iter()
+            .chain(self.creds_store.as_ref().map(|h| (h, false)));
+        for (helper, per_registry) in helpers {
+            match self.run_helper(helper, key) {
+                Ok(Some(creds)) => {
+                    return Resolution::Found {
+                        creds,
+                        source: CredentialSource::Helper {
+                            name: helper.clone(),
+                            per_registry,
+                            config: self.path.clone(),
+                        },
+                    };
+                }
+                Ok(None) => {}
+                Err(problem) => {
+                    return Resolution::Failed(HelperError {
+                        helper: helper.clone(),
+                        registry: key.to_string(),
+                        problem,
+                    });
+                }
+            }
+        }
+        if let (Some(creds), Some(path)) = (self.entries.get(key), &self.path) {
+            return Resolution::Found {
+                creds: creds.clone(),
+                source: CredentialSource::DockerConfig(path.clone()),
+            };
+        }
+        for file in &self.auth_files {
+            if let Some(creds) = file.entries.get(key) {
+                return Resolution::Found {
+                    creds: creds.clone(),
+                    source: CredentialSource::AuthFile(file.path.clone()),
+                };
+            }
+        }
+        Resolution::Nothing
+    }
+
+    fn run_helper(&self, helper: &str, key: &str) -> Result<Option<Credentials>, String> {
+        let url = helper_server_url(key);
+        match &self.runner {
+            Some(run) => run(helper, &url),
+            None => {
+                // A short subprocess, once per registry: keep it off the async workers.
+                let run = || run_credential_helper(helper, &url);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(run)
+                    }
+                    _ => run(),
+                }
+            }
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn from_str_for_test(json: &str) -> Result<DockerConfig, RegistryError> {
         Self::from_json(json.as_bytes(), Path::new("config.json"))
     }
+
+    #[cfg(test)]
+    fn with_runner(
+        mut self,
+        run: impl Fn(&str, &str) -> Result<Option<Credentials>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.runner = Some(Arc::new(run));
+        self
+    }
+}
+
+fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, RegistryError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RegistryError::DockerConfig {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The server URL docker gives a helper: Docker Hub's legacy index URL, else the host.
+fn helper_server_url(key: &str) -> String {
+    if key == "docker.io" {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        key.to_string()
+    }
+}
+
+/// `docker-credential-NAME get`, `url` on stdin. `Ok(None)` when the helper has no credentials
+/// for it ("credentials not found", docker's convention). Errors never quote stdout.
+fn run_credential_helper(helper: &str, url: &str) -> Result<Option<Credentials>, String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{helper}");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{program} is not on PATH"),
+            _ => format!("could not start {program}: {e}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading stdin is judged by its exit status below.
+        let _ = stdin.write_all(url.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("could not wait for {program}: {e}"))?;
+    parse_helper_output(out.status, &out.stdout, &out.stderr)
+}
+
+fn parse_helper_output(
+    status: std::process::ExitStatus,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<Option<Credentials>, String> {
+    if !status.success() {
+        let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        let (out, err) = (said(stdout), said(stderr));
+        if out.contains("credentials not found") || err.contains("credentials not found") {
+            return Ok(None);
+        }
+        // Helpers write their error to stdout; quote it only when it is plainly not JSON.
+        let message = if !err.is_empty() {
+            err
+        } else if !out.starts_with('{') {
+            out
+        } else {
+            String::new()
+        };
+        let message: String = message
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        return Err(if message.is_empty() {
+            format!("it exited with {status}")
+        } else {
+            format!("it exited with {status}: {message}")
+        });
+    }
+    let answer: HelperAnswer = serde_json::from_slice(stdout).map_err(|_| {
+        "its output is not the JSON object {\"ServerURL\", \"Username\", \"Secret\"}".to_string()
+    })?;
+    if answer.username.is_empty() && answer.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials::new(answer.username, answer.secret)))
 }
 
 /// `base64("user:password")` → credentials.
@@ -584,6 +971,8 @@ mod tests {
             }}, "credHelpers": {{"gcr.io": "gcloud"}}, "credsStore": "desktop"}}"#
         ))
         .unwrap();
+        // The helpers (stand-ins) have nothing stored: the `auths` entries answer.
+        let (cfg, _) = fake_helpers(cfg);
         let hub = cfg.lookup("docker.io").unwrap();
         assert_eq!(hub.username, "alice");
         assert_eq!(hub.password(), "s3cret:with:colons");
@@ -643,6 +1032,250 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    fn exit(code: i32) -> std::process::ExitStatus {
+        use std::os::unix::process::ExitStatusExt as _;
+        std::process::ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn credential_helper_output() {
+        let ok = parse_helper_output(
+            exit(0),
+            br#"{"ServerURL":"r.example","Username":"alice","Secret":"hunter2"}"#,
+            b"",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((ok.username.as_str(), ok.password()), ("alice", "hunter2"));
+        assert_eq!(ok.identity_token(), None);
+
+        let token = parse_helper_output(
+            exit(0),
+            br#"{"ServerURL":"r.example","Username":"<token>","Secret":"refresh-me"}"#,
+            b"",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(token.identity_token(), Some("refresh-me"));
+
+        // docker's "nothing stored" answer is no credentials, not a failure.
+        let none = parse_helper_output(exit(1), b"credentials not found in native keychain\n", b"");
+        assert_eq!(none, Ok(None));
+        assert_eq!(
+            parse_helper_output(exit(0), br#"{"Username":"","Secret":""}"#, b""),
+            Ok(None)
+        );
+
+        let err =
+            parse_helper_output(exit(2), b"", b"gcloud: command not found\nmore").unwrap_err();
+        assert!(
+            err.contains("exit status: 2") && err.contains("gcloud: command not found"),
+            "{err}"
+        );
+        assert!(!err.contains("more"), "{err}");
+
+        // Output that may hold the secret is never quoted.
+        let err = parse_helper_output(exit(1), br#"{"Secret":"hunter2"}"#, b"").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse_helper_output(exit(0), br#"{"Username":"u","Secret":"hunter2""#, b"")
+            .unwrap_err();
+        assert!(!err.contains("hunter2") && err.contains("Secret"), "{err}");
+    }
+
+    type Calls = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// A stand-in for `docker-credential-*`: "per" knows a.example, "store" knows b.example and
+    /// Docker Hub, "broken" always fails. Records every call.
+    fn fake_helpers(cfg: DockerConfig) -> (DockerConfig, Calls) {
+        let calls: Calls = Arc::default();
+        let seen = calls.clone();
+        let cfg = cfg.with_runner(move |helper, url| {
+            seen.lock()
+                .unwrap()
+                .push((helper.to_string(), url.to_string()));
+            match (helper, url) {
+                ("per", "a.example") => Ok(Some(Credentials::new("per-user", "per-pw"))),
+                ("store", "b.example" | "https://index.docker.io/v1/") => {
+                    Ok(Some(Credentials::new("store-user", "store-pw")))
+                }
+                ("broken", _) => Err("it exited with exit status: 1".into()),
+                _ => Ok(None),
+            }
+        });
+        (cfg, calls)
+    }
+
+    #[test]
+    fn lookup_order_is_cred_helpers_then_creds_store_then_auths_then_auth_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"credHelpers": {{"https://A.example/v2/": "per"}}, "credsStore": "store",
+                    "auths": {{
+                        "a.example": {{"auth": "{0}"}},
+                        "b.example": {{"auth": "{0}"}},
+                        "c.example": {{"auth": "{0}"}}
+                    }}}}"#,
+                b64("file-user:file-pw")
+            ),
+        )
+        .unwrap();
+        let auth_json = dir.path().join("auth.json");
+        std::fs::write(
+            &auth_json,
+            format!(
+                r#"{{"auths": {{"c.example": {{"auth": "{0}"}}, "d.example": {{"auth": "{0}"}}}}}}"#,
+                b64("podman-user:podman-pw")
+            ),
+        )
+        .unwrap();
+        let missing = dir.path().join("absent/auth.json");
+        let cfg =
+            DockerConfig::load_with_auth_files(&config, &[missing, auth_json.clone()]).unwrap();
+        let (cfg, calls) = fake_helpers(cfg);
+
+        let user = |r: &str| cfg.lookup(r).map(|c| c.username.clone());
+        assert_eq!(user("a.example").as_deref(), Some("per-user"));
+        assert_eq!(user("b.example").as_deref(), Some("store-user"));
+        assert_eq!(user("docker.io").as_deref(), Some("store-user"));
+        assert_eq!(user("c.example").as_deref(), Some("file-user"));
+        assert_eq!(user("d.example").as_deref(), Some("podman-user"));
+        assert_eq!(user("e.example"), None);
+
+        assert_eq!(
+            cfg.source("a.example"),
+            Some(&CredentialSource::Helper {
+                name: "per".into(),
+                per_registry: true,
+                config: Some(config.clone()),
+            })
+        );
+        assert_eq!(
+            cfg.source("c.example"),
+            Some(&CredentialSource::DockerConfig(config.clone()))
+        );
+        assert_eq!(
+            cfg.source("D.example"),
+            Some(&CredentialSource::AuthFile(auth_json.clone()))
+        );
+        let hint = cfg.auth_hint("a.example");
+        assert!(
+            hint.contains("a.example") && hint.contains("docker-credential-per (credHelpers in"),
+            "{hint}"
+        );
+        let hint = cfg.auth_hint("d.example");
+        assert!(hint.contains(&auth_json.display().to_string()), "{hint}");
+        let hint = cfg.auth_hint("e.example");
+        assert!(
+            hint.starts_with("no credentials for e.example in")
+                && hint.contains(&auth_json.display().to_string()),
+            "{hint}"
+        );
+
+        // Each registry's helpers ran once, in order, with the server URL docker would give.
+        let before = calls.lock().unwrap().len();
+        for r in [
+            "a.example",
+            "b.example",
+            "c.example",
+            "docker.io",
+            "index.docker.io",
+        ] {
+            cfg.lookup(r);
+        }
+        assert_eq!(calls.lock().unwrap().len(), before, "answers are cached");
+        let calls = calls.lock().unwrap().clone();
+        let pairs: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|(h, u)| (h.as_str(), u.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("per", "a.example"),
+                ("store", "b.example"),
+                ("store", "https://index.docker.io/v1/"),
+                ("store", "c.example"),
+                ("store", "d.example"),
+                ("store", "e.example"),
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_json_alone_is_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth_json = dir.path().join("auth.json");
+        std::fs::write(
+            &auth_json,
+            r#"{"auths": {"quay.io/team": {"username": "u", "password": "p"}}}"#,
+        )
+        .unwrap();
+        let cfg = DockerConfig::load_with_auth_files(
+            &dir.path().join("no-docker-config.json"),
+            std::slice::from_ref(&auth_json),
+        )
+        .unwrap();
+        assert_eq!(cfg.lookup("quay.io").unwrap().password(), "p");
+        assert_eq!(cfg.path, None);
+
+        std::fs::write(&auth_json, "{oops").unwrap();
+        let err = DockerConfig::load_with_auth_files(
+            &dir.path().join("no-docker-config.json"),
+            std::slice::from_ref(&auth_json),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("auth.json"), "{err}");
+    }
+
+    #[test]
+    fn a_failing_helper_is_named_with_its_registry() {
+        let cfg = DockerConfig::from_str_for_test(
+            r#"{"credHelpers": {"r.example": "broken"},
+                "auths": {"r.example": {"username": "u", "password": "hunter2"}}}"#,
+        )
+        .unwrap();
+        let (cfg, _) = fake_helpers(cfg);
+        // First match wins: the helper is the source, and it failed.
+        assert!(cfg.lookup("r.example").is_none());
+        let e = cfg.helper_error("r.example").unwrap();
+        assert_eq!(
+            (e.helper.as_str(), e.registry.as_str()),
+            ("broken", "r.example")
+        );
+        let hint = cfg.auth_hint("r.example");
+        assert!(
+            hint.contains("docker-credential-broken") && hint.contains("r.example"),
+            "{hint}"
+        );
+        assert!(!hint.contains("hunter2") && !format!("{cfg:?}").contains("hunter2"));
+        assert!(cfg.helper_error("other.example").is_none());
+    }
+
+    #[test]
+    fn a_missing_helper_program_is_an_error_not_a_panic() {
+        let err = run_credential_helper("vxbuild-test-no-such-helper", "r.example").unwrap_err();
+        assert_eq!(
+            err,
+            "docker-credential-vxbuild-test-no-such-helper is not on PATH"
+        );
+    }
+
+    #[test]
+    fn identity_token_in_config_json() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("alice:");
+        let cfg = DockerConfig::from_str_for_test(&format!(
+            r#"{{"auths": {{"r.example": {{"auth": "{b64}", "identitytoken": "refresh-me"}}}}}}"#
+        ))
+        .unwrap();
+        let c = cfg.lookup("r.example").unwrap();
+        assert_eq!(c.identity_token(), Some("refresh-me"));
+        assert!(!format!("{c:?}").contains("refresh-me"));
     }
 
     #[test]

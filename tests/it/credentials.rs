@@ -1,0 +1,229 @@
+//! Issue 4, "Credentials": vxbuild finds registry credentials where docker and podman keep them —
+//! a credential helper named in Docker's config.json, or containers' auth.json — and never shows
+//! a secret. Against a real registry with htpasswd basic auth.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use base64::Engine as _;
+
+use crate::build::{shared_cache, text, tiny_project};
+use crate::support::*;
+
+const USER: &str = "vx-user";
+const PASSWORD: &str = "correct-horse-battery";
+
+/// A registry that wants `USER`/`PASSWORD`, holding the base image (pushed by skopeo with them).
+fn registry_with_base() -> (Registry, String) {
+    let reg = Registry::start_with_basic_auth(USER, PASSWORD);
+    let base = format!("{}/{BASE_REPOSITORY}:{BASE_TAG}", reg.host());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("--dest-creds={USER}:{PASSWORD}"),
+        &format!("oci:{}:{BASE_TAG}", base_layout().display()),
+        &format!("docker://{base}"),
+    ]);
+    (reg, base)
+}
+
+/// Write `docker-credential-NAME` into `bin`: it logs the server URL it was asked for to
+/// `bin/asked` and answers with `username`/`secret`.
+fn write_helper(bin: &Path, name: &str, username: &str, secret: &str) {
+    std::fs::create_dir_all(bin).unwrap();
+    let path = bin.join(format!("docker-credential-{name}"));
+    let script = format!(
+        "#!/bin/sh\n\
+         [ \"$1\" = get ] || exit 3\n\
+         read -r url\n\
+         printf '%s\\n' \"$url\" >> '{asked}'\n\
+         printf '{{\"ServerURL\":\"%s\",\"Username\":\"{username}\",\"Secret\":\"{secret}\"}}\\n' \"$url\"\n",
+        asked = bin.join("asked").display(),
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `vxbuild build` of the tiny project, pushed to `REG/x/y:v1`, with `env` set, `bin` first on
+/// PATH and no auth.json unless `env` names one.
+fn build_and_push(
+    tmp: &Path,
+    reg: &Registry,
+    base: &str,
+    bin: &Path,
+    env: &[(&str, &Path)],
+) -> Output {
+    let (project, wheels) = tiny_project(&tmp.join("tiny"));
+    let image = format!("{}/x/y:v1", reg.host());
+    let cache = shared_cache();
+    let path = std::env::join_paths(std::iter::once(bin.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let mut cmd = vxbuild();
+    cmd.args([
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--image",
+        &image,
+        "--push",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+    .env("PATH", path)
+    // Keep the developer's own credentials out of it.
+    .env("HOME", tmp.join("home"))
+    .env("DOCKER_CONFIG", tmp.join("no-docker-config"))
+    .env("REGISTRY_AUTH_FILE", tmp.join("no-auth.json"))
+    .env_remove("XDG_RUNTIME_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .output()
+        .expect("run vxbuild")
+}
+
+fn docker_config(dir: &Path, json: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), json).unwrap();
+    dir.to_path_buf()
+}
+
+fn assert_pushed(out: &Output, reg: &Registry) {
+    assert!(
+        out.status.success(),
+        "vxbuild failed ({}):\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let reference = text(&out.stdout).trim().to_string();
+    assert!(
+        reference.starts_with(&format!("{}/x/y:v1@sha256:", reg.host())),
+        "{reference}"
+    );
+    // The registry really holds it.
+    skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("--creds={USER}:{PASSWORD}"),
+        &format!("docker://{}/x/y:v1", reg.host()),
+    ]);
+}
+
+fn assert_no_secret(out: &Output, secret: &str) {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{secret}"));
+    for stream in [text(&out.stdout), text(&out.stderr)] {
+        assert!(
+            !stream.contains(secret) && !stream.contains(&encoded),
+            "the secret leaked:\n{stream}"
+        );
+    }
+}
+
+#[test]
+fn cred_helpers_entry_runs_the_credential_helper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, base) = registry_with_base();
+    let bin = tmp.path().join("bin");
+    write_helper(&bin, "test", USER, PASSWORD);
+    let config = docker_config(
+        &tmp.path().join("docker"),
+        &format!(r#"{{"credHelpers": {{"{}": "test"}}}}"#, reg.host()),
+    );
+
+    let out = build_and_push(tmp.path(), &reg, &base, &bin, &[("DOCKER_CONFIG", &config)]);
+    assert_pushed(&out, &reg);
+    assert_no_secret(&out, PASSWORD);
+    // Asked with the registry's host, once for the whole build (answers are cached).
+    let asked = std::fs::read_to_string(bin.join("asked")).unwrap();
+    assert_eq!(asked, format!("{}\n", reg.host()));
+}
+
+#[test]
+fn wrong_password_from_a_helper_names_registry_and_helper_but_not_the_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, base) = registry_with_base();
+    let bin = tmp.path().join("bin");
+    let wrong = "not-the-password-71";
+    write_helper(&bin, "test", USER, wrong);
+    let config = docker_config(&tmp.path().join("docker"), r#"{"credsStore": "test"}"#);
+
+    let out = build_and_push(tmp.path(), &reg, &base, &bin, &[("DOCKER_CONFIG", &config)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("401 Unauthorized")
+            && stderr.contains(&format!("check the credentials for {}", reg.host()))
+            && stderr.contains("docker-credential-test (credsStore in"),
+        "{stderr}"
+    );
+    assert_no_secret(&out, wrong);
+}
+
+#[test]
+fn a_missing_helper_names_itself_and_the_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, base) = registry_with_base();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let config = docker_config(
+        &tmp.path().join("docker"),
+        &format!(
+            r#"{{"credHelpers": {{"{}": "vx-absent"}}, "auths": {{"{}": {{"username": "{USER}", "password": "{PASSWORD}"}}}}}}"#,
+            reg.host(),
+            reg.host()
+        ),
+    );
+
+    let out = build_and_push(tmp.path(), &reg, &base, &bin, &[("DOCKER_CONFIG", &config)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "credential helper docker-credential-vx-absent failed for {}: docker-credential-vx-absent is not on PATH",
+            reg.host()
+        )),
+        "{stderr}"
+    );
+    assert_no_secret(&out, PASSWORD);
+}
+
+#[test]
+fn registry_auth_file_is_used_when_docker_config_has_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, base) = registry_with_base();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // A config.json with credentials for another registry only.
+    let config = docker_config(
+        &tmp.path().join("docker"),
+        r#"{"auths": {"other.example": {"username": "a", "password": "b"}}}"#,
+    );
+    let auth_file = tmp.path().join("containers-auth.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    std::fs::write(
+        &auth_file,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+
+    let out = build_and_push(
+        tmp.path(),
+        &reg,
+        &base,
+        &bin,
+        &[
+            ("DOCKER_CONFIG", &config),
+            ("REGISTRY_AUTH_FILE", &auth_file),
+        ],
+    );
+    assert_pushed(&out, &reg);
+    assert_no_secret(&out, PASSWORD);
+}
