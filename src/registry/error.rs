@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 
@@ -130,6 +131,15 @@ fn fmt_hint(h: &Option<String>) -> String {
     h.as_ref().map(|h| format!("; {h}")).unwrap_or_default()
 }
 
+/// " after N attempts" once a request was retried, else nothing.
+fn after(attempts: &u32) -> String {
+    if *attempts > 1 {
+        format!(" after {attempts} attempts")
+    } else {
+        String::new()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("failed to set up the HTTP client")]
@@ -149,29 +159,56 @@ pub enum RegistryError {
         source: serde_json::Error,
     },
 
-    #[error("failed to {op}: cannot connect to registry host {host}")]
+    #[error(
+        "failed to {op}{}: cannot connect to registry host {host}",
+        after(attempts)
+    )]
     Connect {
         op: Box<Operation>,
         host: String,
+        /// How many times the request was tried (1 until the retry policy gives up).
+        attempts: u32,
         #[source]
         source: reqwest::Error,
     },
 
-    #[error("failed to {op}: the request failed")]
+    #[error("failed to {op}{}: the request to {host} failed", after(attempts))]
     Transport {
         op: Box<Operation>,
+        host: String,
+        attempts: u32,
         #[source]
         source: reqwest::Error,
+    },
+
+    #[error(
+        "failed to {op}{}: the upload to {host} made no progress for {} s",
+        after(attempts),
+        waited.as_secs()
+    )]
+    Stalled {
+        op: Box<Operation>,
+        host: String,
+        waited: Duration,
+        attempts: u32,
     },
 
     /// The registry answered with an unexpected status.
-    #[error("failed to {op}: {status}{}{}", paren(details), fmt_hint(hint))]
+    #[error(
+        "failed to {op}{}: {status}{}{}",
+        after(attempts),
+        paren(details),
+        fmt_hint(hint)
+    )]
     Status {
         op: Box<Operation>,
         status: StatusCode,
         details: ErrorDetails,
         /// What to check, for authentication failures (never contains a secret).
         hint: Option<String>,
+        /// The `Retry-After` the registry asked for (seconds form), for 429 and 503.
+        retry_after: Option<Duration>,
+        attempts: u32,
     },
 
     #[error("failed to {op}: refusing to send credentials to {host} over plain HTTP")]
@@ -181,7 +218,8 @@ pub enum RegistryError {
     Challenge { op: Box<Operation>, header: String },
 
     #[error(
-        "failed to {op}: the token server {realm} answered {status}{}{}",
+        "failed to {op}{}: the token server {realm} answered {status}{}{}",
+        after(attempts),
         paren(details),
         fmt_hint(hint)
     )]
@@ -191,12 +229,14 @@ pub enum RegistryError {
         status: StatusCode,
         details: ErrorDetails,
         hint: Option<String>,
+        attempts: u32,
     },
 
-    #[error("failed to {op}: cannot get a token from {realm}")]
+    #[error("failed to {op}{}: cannot get a token from {realm}", after(attempts))]
     TokenTransport {
         op: Box<Operation>,
         realm: String,
+        attempts: u32,
         #[source]
         source: reqwest::Error,
     },
@@ -250,6 +290,19 @@ impl RegistryError {
             _ => None,
         }
     }
+
+    /// Record how many times the request was tried, for the message ("after N attempts").
+    pub(crate) fn set_attempts(&mut self, n: u32) {
+        match self {
+            RegistryError::Connect { attempts, .. }
+            | RegistryError::Transport { attempts, .. }
+            | RegistryError::Stalled { attempts, .. }
+            | RegistryError::Status { attempts, .. }
+            | RegistryError::TokenStatus { attempts, .. }
+            | RegistryError::TokenTransport { attempts, .. } => *attempts = n,
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,10 +336,31 @@ mod tests {
             status: StatusCode::NOT_FOUND,
             details: ErrorDetails(vec!["MANIFEST_UNKNOWN: manifest unknown".into()]),
             hint: None,
+            retry_after: None,
+            attempts: 1,
         };
         assert_eq!(
             e.to_string(),
             "failed to fetch manifest for 127.0.0.1:5000/library/python:3.9-slim: 404 Not Found (MANIFEST_UNKNOWN: manifest unknown)"
+        );
+    }
+
+    #[test]
+    fn a_retried_error_says_how_many_attempts() {
+        let mut e = RegistryError::Status {
+            op: Box::new(Operation::PushManifest {
+                reference: "127.0.0.1:5000/x/y:v1".into(),
+            }),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            details: ErrorDetails::default(),
+            hint: None,
+            retry_after: None,
+            attempts: 1,
+        };
+        e.set_attempts(5);
+        assert_eq!(
+            e.to_string(),
+            "failed to push manifest to 127.0.0.1:5000/x/y:v1 after 5 attempts: 503 Service Unavailable"
         );
     }
 }

@@ -11,11 +11,16 @@
 //!   never into an error message or `Debug` output.
 //! - Streaming: blobs are hashed while they download into the cache and committed only if digest
 //!   and size match; uploads stream the file as one monolithic PUT.
-//! - Requests are data ([`transport::RequestSpec`]) sent through one function, so a retry policy
-//!   can wrap it.
+//! - Requests are data ([`transport::RequestSpec`]) sent through one function.
+//! - Flaky networks: every operation is retried as a whole under [`retry::Policy`] (connection
+//!   failures, timeouts, 408, 429, 5xx; a few tries within about a minute). A blob download
+//!   starts over into a fresh temp file; a blob upload starts over with a fresh session, unless a
+//!   HEAD shows that the failed commit landed after all. Connect and read timeouts bound every
+//!   request, so a dead registry ends in an error naming its host.
 
 mod auth;
 mod error;
+mod retry;
 mod transport;
 
 use std::collections::HashMap;
@@ -42,6 +47,12 @@ use transport::{Body, Endpoint, RequestSpec, Scheme, Target};
 /// Largest manifest we accept (containerd's limit).
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 const DOWNLOAD_BUFFER: usize = 256 * 1024;
+/// How long to wait for a TCP (and TLS) connection to a registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may wait for its response, and a response body between two reads (so large
+/// downloads are fine). Uploads stream from disk and are bounded by progress instead
+/// ([`transport::STALL_TIMEOUT`]).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -80,12 +91,17 @@ pub struct RegistryClient {
     http: reqwest::Client,
     /// Accepts any certificate: only for insecure and loopback hosts.
     http_insecure: reqwest::Client,
+    /// For streamed uploads: reqwest's read timeout would cover the whole upload, so these have
+    /// none and `transport` watches the upload's progress instead.
+    upload: reqwest::Client,
+    upload_insecure: reqwest::Client,
     insecure_registries: Vec<String>,
     config: DockerConfig,
     schemes: Mutex<HashMap<String, Scheme>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), Token>>,
     limit: tokio::sync::Semaphore,
+    retry: retry::Policy,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -99,14 +115,23 @@ impl std::fmt::Debug for RegistryClient {
 
 impl RegistryClient {
     pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
-        let builder = || {
-            reqwest::Client::builder()
+        let builder = |read_timeout: bool| {
+            let b = reqwest::Client::builder()
                 .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(30))
-                .read_timeout(Duration::from_secs(300))
+                .connect_timeout(CONNECT_TIMEOUT);
+            if read_timeout {
+                b.read_timeout(READ_TIMEOUT)
+            } else {
+                b
+            }
         };
-        let http = builder().build().map_err(RegistryError::ClientSetup)?;
-        let http_insecure = builder()
+        let http = builder(true).build().map_err(RegistryError::ClientSetup)?;
+        let http_insecure = builder(true)
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .map_err(RegistryError::ClientSetup)?;
+        let upload = builder(false).build().map_err(RegistryError::ClientSetup)?;
+        let upload_insecure = builder(false)
             .tls_danger_accept_invalid_certs(true)
             .build()
             .map_err(RegistryError::ClientSetup)?;
@@ -117,6 +142,8 @@ impl RegistryClient {
         Ok(RegistryClient {
             http,
             http_insecure,
+            upload,
+            upload_insecure,
             insecure_registries: opts
                 .insecure_registries
                 .iter()
@@ -127,6 +154,7 @@ impl RegistryClient {
             challenges: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             limit: tokio::sync::Semaphore::new(opts.max_concurrent.max(1)),
+            retry: retry::Policy::default(),
         })
     }
 
@@ -154,8 +182,21 @@ impl RegistryClient {
             Target::Path(format!("/v2/{}/manifests/{which}", r.repository)),
         )
         .header(header::ACCEPT, oci::MANIFEST_ACCEPT);
+        self.retry
+            .run(|_| self.get_manifest_once(ep, r, &op, &spec))
+            .await
+    }
+
+    async fn get_manifest_once(
+        &self,
+        ep: Endpoint<'_>,
+        r: &Reference,
+        op: &Operation,
+        spec: &RequestSpec,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let op = op.clone();
         let resp = self
-            .execute(ep, &Scopes::pull(&r.repository), &op, &spec)
+            .execute(ep, &Scopes::pull(&r.repository), &op, spec)
             .await?;
         if resp.status() != StatusCode::OK {
             return Err(self.error_from_response(ep, &op, resp).await);
@@ -167,6 +208,8 @@ impl RegistryClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| RegistryError::Transport {
                 op: op.clone().into(),
+                host: ep.host.to_string(),
+                attempts: 1,
                 source: transport::scrub(source),
             })?;
             if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
@@ -223,8 +266,24 @@ impl RegistryClient {
             Method::GET,
             Target::Path(format!("/v2/{}/blobs/{}", r.repository, desc.digest)),
         );
+        // Each try downloads from the start into a fresh temp file; verification is per try.
+        self.retry
+            .run(|_| self.fetch_blob_once(ep, r, desc, cache, &op, &spec))
+            .await
+    }
+
+    async fn fetch_blob_once(
+        &self,
+        ep: Endpoint<'_>,
+        r: &Reference,
+        desc: &Descriptor,
+        cache: &Cache,
+        op: &Operation,
+        spec: &RequestSpec,
+    ) -> Result<PathBuf, RegistryError> {
+        let op = op.clone();
         let resp = self
-            .execute(ep, &Scopes::pull(&r.repository), &op, &spec)
+            .execute(ep, &Scopes::pull(&r.repository), &op, spec)
             .await?;
         if resp.status() != StatusCode::OK {
             return Err(self.error_from_response(ep, &op, resp).await);
@@ -272,6 +331,8 @@ impl RegistryClient {
                 Some(Err(source)) => {
                     break Err(RegistryError::Transport {
                         op: op.clone().into(),
+                        host: ep.host.to_string(),
+                        attempts: 1,
                         source: transport::scrub(source),
                     });
                 }
@@ -323,17 +384,30 @@ impl RegistryClient {
         };
         let _permit = self.permit().await;
         let ep = Endpoint::of(r);
+        self.retry
+            .run(|_| self.blob_exists_once(ep, &r.repository, digest, &op))
+            .await
+    }
+
+    /// One HEAD for a blob, under a permit the caller holds.
+    async fn blob_exists_once(
+        &self,
+        ep: Endpoint<'_>,
+        repository: &str,
+        digest: &Digest,
+        op: &Operation,
+    ) -> Result<bool, RegistryError> {
         let spec = RequestSpec::new(
             Method::HEAD,
-            Target::Path(format!("/v2/{}/blobs/{digest}", r.repository)),
+            Target::Path(format!("/v2/{repository}/blobs/{digest}")),
         );
         let resp = self
-            .execute(ep, &Scopes::pull(&r.repository), &op, &spec)
+            .execute(ep, &Scopes::pull(repository), op, &spec)
             .await?;
         match resp.status() {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.error_from_response(ep, &op, resp).await),
+            _ => Err(self.error_from_response(ep, op, resp).await),
         }
     }
 
@@ -366,7 +440,19 @@ impl RegistryClient {
             )),
         )
         .body(Body::Bytes(Bytes::new()));
-        let resp = self.execute(ep, &scopes, &op, &spec).await?;
+        self.retry
+            .run(|_| self.mount_blob_once(ep, &scopes, &op, &spec))
+            .await
+    }
+
+    async fn mount_blob_once(
+        &self,
+        ep: Endpoint<'_>,
+        scopes: &Scopes,
+        op: &Operation,
+        spec: &RequestSpec,
+    ) -> Result<bool, RegistryError> {
+        let resp = self.execute(ep, scopes, op, spec).await?;
         match resp.status() {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {
@@ -376,11 +462,11 @@ impl RegistryClient {
                     && let Some(url) = transport::resolve_location(resp.url(), &loc)
                 {
                     let cancel = RequestSpec::new(Method::DELETE, Target::Url(url));
-                    let _ = self.execute(ep, &scopes, &op, &cancel).await;
+                    let _ = self.execute(ep, scopes, op, &cancel).await;
                 }
                 Ok(false)
             }
-            _ => Err(self.error_from_response(ep, &op, resp).await),
+            _ => Err(self.error_from_response(ep, op, resp).await),
         }
     }
 
@@ -413,10 +499,27 @@ impl RegistryClient {
         }
         let _permit = self.permit().await;
         let ep = Endpoint::of(target);
-        let scopes = Scopes::push(&target.repository);
+        self.retry
+            .run(|_| self.push_blob_once(ep, &target.repository, digest, size, path, &op))
+            .await
+    }
+
+    /// One upload: a fresh session (POST), then the monolithic PUT. When the PUT fails in a way
+    /// that may hide a commit that landed (reset, timeout, 5xx), a HEAD decides (jib#4301).
+    async fn push_blob_once(
+        &self,
+        ep: Endpoint<'_>,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+        op: &Operation,
+    ) -> Result<(), RegistryError> {
+        let op = op.clone();
+        let scopes = Scopes::push(repository);
         let start = RequestSpec::new(
             Method::POST,
-            Target::Path(format!("/v2/{}/blobs/uploads/", target.repository)),
+            Target::Path(format!("/v2/{repository}/blobs/uploads/")),
         )
         .body(Body::Bytes(Bytes::new()));
         let resp = self.execute(ep, &scopes, &op, &start).await?;
@@ -437,10 +540,22 @@ impl RegistryClient {
                 path: path.to_path_buf(),
                 size,
             });
-        let resp = self.execute(ep, &scopes, &op, &put).await?;
-        if !resp.status().is_success() {
-            return Err(self.error_from_response(ep, &op, resp).await);
-        }
+        let committed = match self.execute(ep, &scopes, &op, &put).await {
+            Ok(resp) if resp.status().is_success() => Ok(resp),
+            Ok(resp) => Err(self.error_from_response(ep, &op, resp).await),
+            Err(e) => Err(e),
+        };
+        let resp = match committed {
+            Ok(resp) => resp,
+            Err(e) => {
+                if retry::retryable(&e).is_some()
+                    && let Ok(true) = self.blob_exists_once(ep, repository, digest, &op).await
+                {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
         verify_digest_header(
             &op,
             header_str(&resp, "docker-content-digest").as_deref(),
@@ -493,18 +608,32 @@ impl RegistryClient {
         )
         .header(header::CONTENT_TYPE, media_type)
         .body(Body::Bytes(Bytes::from(body)));
-        let resp = self
-            .execute(ep, &Scopes::push(&target.repository), &op, &spec)
+        let scopes = Scopes::push(&target.repository);
+        self.retry
+            .run(|_| self.put_manifest_once(ep, &scopes, &op, &spec, &digest))
             .await?;
+        Ok(digest)
+    }
+
+    /// One manifest PUT; a PUT of the same bytes again is harmless, so it is simply retried.
+    async fn put_manifest_once(
+        &self,
+        ep: Endpoint<'_>,
+        scopes: &Scopes,
+        op: &Operation,
+        spec: &RequestSpec,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        let op = op.clone();
+        let resp = self.execute(ep, scopes, &op, spec).await?;
         if !resp.status().is_success() {
             return Err(self.error_from_response(ep, &op, resp).await);
         }
         verify_digest_header(
             &op,
             header_str(&resp, "docker-content-digest").as_deref(),
-            &digest,
-        )?;
-        Ok(digest)
+            digest,
+        )
     }
 }
 

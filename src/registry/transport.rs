@@ -2,11 +2,15 @@
 //! attach authorization, answer a 401 challenge once.
 //!
 //! A request is a [`RequestSpec`]: plain data that can be sent again (a file body is reopened per
-//! attempt), so a retry policy can wrap [`RegistryClient::execute`] without knowing what it sends.
+//! attempt). Retries ([`super::retry`]) wrap whole operations in `mod.rs`, since some (a blob
+//! upload, a streamed download) span more than one request or a body read after `execute`.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
@@ -20,6 +24,11 @@ use crate::reference::host_is_loopback;
 const MAX_SMALL_BODY: usize = 1 << 20;
 /// Read buffer for streamed uploads.
 const UPLOAD_CHUNK: usize = 256 * 1024;
+/// An upload that sends nothing for this long has stalled.
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the registry may take to answer once it has the whole upload (it may verify or move
+/// a large blob before it answers).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Which registry a request is for: `registry` as written in the reference (the credentials key),
 /// `host` the API host (`registry-1.docker.io` for `docker.io`).
@@ -128,6 +137,12 @@ pub(crate) enum Body {
         path: PathBuf,
         size: u64,
     },
+}
+
+impl Body {
+    fn is_file(&self) -> bool {
+        matches!(self, Body::File { .. })
+    }
 }
 
 /// A request as data, so it can be sent again.
@@ -321,10 +336,7 @@ impl RegistryClient {
             });
         }
         let realm_host = url_host_port(&url).unwrap_or_default();
-        let client = match scheme_policy(&realm_host, &self.insecure_registries) {
-            SchemePolicy::HttpsOnly => &self.http,
-            SchemePolicy::HttpsThenHttp => &self.http_insecure,
-        };
+        let client = self.client(scheme_policy(&realm_host, &self.insecure_registries), false);
         let mut rb = client.get(url).header(header::ACCEPT, "application/json");
         if let Some(c) = creds {
             rb = rb.header(header::AUTHORIZATION, c.basic_header());
@@ -335,6 +347,7 @@ impl RegistryClient {
             .map_err(|source| RegistryError::TokenTransport {
                 op: op.clone().into(),
                 realm: shown.clone(),
+                attempts: 1,
                 source: scrub(source),
             })?;
         let status = resp.status();
@@ -348,6 +361,7 @@ impl RegistryClient {
                 details: ErrorDetails::from_body(content_type.as_deref(), &body),
                 hint: matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
                     .then(|| self.auth_hint(ep.registry)),
+                attempts: 1,
             });
         }
         serde_json::from_slice::<TokenResponse>(&body)
@@ -370,10 +384,10 @@ impl RegistryClient {
         let path = match &spec.target {
             Target::Url(url) => {
                 let host = url_host_port(url).unwrap_or_default();
-                let client = match scheme_policy(&host, &self.insecure_registries) {
-                    SchemePolicy::HttpsOnly => &self.http,
-                    SchemePolicy::HttpsThenHttp => &self.http_insecure,
-                };
+                let client = self.client(
+                    scheme_policy(&host, &self.insecure_registries),
+                    spec.body.is_file(),
+                );
                 // Credentials go only to the registry itself, never to another host it names.
                 let same_host = host.eq_ignore_ascii_case(ep.host);
                 let auth = auth.filter(|_| same_host);
@@ -391,10 +405,7 @@ impl RegistryClient {
             .get(ep.host)
             .copied();
         let policy = scheme_policy(ep.host, &self.insecure_registries);
-        let client = match policy {
-            SchemePolicy::HttpsOnly => &self.http,
-            SchemePolicy::HttpsThenHttp => &self.http_insecure,
-        };
+        let client = self.client(policy, spec.body.is_file());
         if let Some(scheme) = known {
             let url = self.url(scheme, ep.host, path, op)?;
             return self
@@ -422,6 +433,16 @@ impl RegistryClient {
         Ok(resp)
     }
 
+    /// The client for a host's policy; streamed uploads get one without a read timeout.
+    fn client(&self, policy: SchemePolicy, upload: bool) -> &reqwest::Client {
+        match (policy, upload) {
+            (SchemePolicy::HttpsOnly, false) => &self.http,
+            (SchemePolicy::HttpsThenHttp, false) => &self.http_insecure,
+            (SchemePolicy::HttpsOnly, true) => &self.upload,
+            (SchemePolicy::HttpsThenHttp, true) => &self.upload_insecure,
+        }
+    }
+
     fn url(
         &self,
         scheme: Scheme,
@@ -442,10 +463,13 @@ impl RegistryClient {
             SendError::Http(source) if source.is_connect() => RegistryError::Connect {
                 op: op.clone().into(),
                 host: ep.host.to_string(),
+                attempts: 1,
                 source: scrub(source),
             },
             SendError::Http(source) => RegistryError::Transport {
                 op: op.clone().into(),
+                host: ep.host.to_string(),
+                attempts: 1,
                 source: scrub(source),
             },
             SendError::Other(e) => e,
@@ -469,29 +493,58 @@ impl RegistryClient {
                 host: url_host_port(&url).unwrap_or_default(),
             }));
         }
+        let host = url_host_port(&url).unwrap_or_default();
         let mut rb = client
             .request(spec.method.clone(), url)
             .headers(spec.headers.clone());
         if let Some(a) = auth {
             rb = rb.header(header::AUTHORIZATION, a.header());
         }
-        rb = match &spec.body {
-            Body::None => rb,
-            Body::Bytes(b) => rb.body(b.clone()),
-            Body::File { path, size } => {
-                let file = tokio::fs::File::open(path).await.map_err(|source| {
-                    SendError::Other(RegistryError::ReadFile {
-                        op: op.clone().into(),
-                        path: path.clone(),
-                        source,
-                    })
-                })?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
-                rb.header(header::CONTENT_LENGTH, *size)
-                    .body(reqwest::Body::wrap_stream(stream))
-            }
+        let (path, size) = match &spec.body {
+            Body::None => return rb.send().await.map_err(SendError::Http),
+            Body::Bytes(b) => return rb.body(b.clone()).send().await.map_err(SendError::Http),
+            Body::File { path, size } => (path, *size),
         };
-        rb.send().await.map_err(SendError::Http)
+        let file = tokio::fs::File::open(path).await.map_err(|source| {
+            SendError::Other(RegistryError::ReadFile {
+                op: op.clone().into(),
+                path: path.clone(),
+                source,
+            })
+        })?;
+        // (bytes handed to the connection, when the last were): the watchdog below reads it.
+        let progress = Arc::new(Mutex::new((0u64, Instant::now())));
+        let tracker = progress.clone();
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK).inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    let mut p = tracker.lock().expect("upload progress lock");
+                    *p = (p.0 + c.len() as u64, Instant::now());
+                }
+            });
+        let send = rb
+            .header(header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send();
+        tokio::pin!(send);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = &mut send => return r.map_err(SendError::Http),
+                _ = tick.tick() => {
+                    let (sent, last) = *progress.lock().expect("upload progress lock");
+                    let limit = if sent < size { STALL_TIMEOUT } else { COMMIT_TIMEOUT };
+                    if last.elapsed() > limit {
+                        return Err(SendError::Other(RegistryError::Stalled {
+                            op: op.clone().into(),
+                            host,
+                            waited: limit,
+                            attempts: 1,
+                        }));
+                    }
+                }
+            }
+        }
     }
 
     /// The error for an unexpected response, with the registry's explanation and, for 401/403,
@@ -504,6 +557,7 @@ impl RegistryClient {
     ) -> RegistryError {
         let status = resp.status();
         let content_type = content_type(&resp);
+        let retry_after = super::retry::retry_after(resp.headers());
         let body = read_small_body(resp).await;
         RegistryError::Status {
             op: op.clone().into(),
@@ -511,26 +565,14 @@ impl RegistryClient {
             details: ErrorDetails::from_body(content_type.as_deref(), &body),
             hint: matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
                 .then(|| self.auth_hint(ep.registry)),
+            retry_after,
+            attempts: 1,
         }
     }
 
     /// What to check after an authentication failure. Names files and hosts, never secrets.
     fn auth_hint(&self, registry: &str) -> String {
-        let file = self
-            .config
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "the Docker config file (none found)".into());
-        if self.config.lookup(registry).is_some() {
-            return format!("check the credentials for {registry} in {file}");
-        }
-        match self.config.helper_for(registry) {
-            Some(h) => format!(
-                "no credentials for {registry} in {file} (its credential helper docker-credential-{h} is not supported yet)"
-            ),
-            None => format!("no credentials for {registry} in {file}"),
-        }
+        self.config.auth_hint(registry)
     }
 }
 

@@ -1,6 +1,8 @@
 //! End-to-end tests: real registry, real clients, real sandbox. One binary, as uv and ripgrep do.
 
 mod build;
+mod credentials;
+mod faults;
 mod fixture_selftest;
 mod golden;
 mod lock;

@@ -557,7 +557,7 @@ async fn unreachable_loopback_registry_says_cannot_connect() {
     assert_eq!(
         err.to_string(),
         format!(
-            "failed to fetch manifest for 127.0.0.1:{port}/x:y: cannot connect to registry host 127.0.0.1:{port}"
+            "failed to fetch manifest for 127.0.0.1:{port}/x:y after 5 attempts: cannot connect to registry host 127.0.0.1:{port}"
         )
     );
 }

@@ -1,0 +1,355 @@
+//! Issue 4, robustness: pushes survive a flaky network, and a dead registry fails fast and says
+//! which host it was.
+//!
+//! A fault-injecting TCP proxy sits in front of a real registry. Each passed connection carries
+//! one request (the proxy adds `Connection: close` to its response), so the client keeps opening
+//! connections and meets the faults, decided per connection by a counter or armed once:
+//! - connection 1 is closed at once, connection 3 gets a canned 503 (both among the first HEADs);
+//! - the first upload to pass 3 MB (a layer) is cut there, upstream;
+//! - the answer to the first blob commit is cut inside its status line, downstream: the blob
+//!   landed, the client never hears so, and must find out with a HEAD instead of uploading again.
+//!
+//! Four faults in all, one fewer than the tries an operation gets: no operation can fail five
+//! times, so the push must succeed however the faults fall.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::build::{by_digest, digest_of, text, tiny_project, vx, vx_ok};
+use crate::support::*;
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Forward one request and its response, adding `Connection: close`.
+    Pass,
+    /// Accept, then close without reading or answering.
+    CloseAtConnect,
+    /// Read the first request's head and answer 503 without asking the registry.
+    Canned503,
+}
+
+/// The fault for connection number `n`: connections 1 and 3 (among the first requests, HEADs).
+fn plan(n: usize) -> Fault {
+    match n {
+        1 => Fault::CloseAtConnect,
+        3 => Fault::Canned503,
+        _ => Fault::Pass,
+    }
+}
+
+/// Where the one upstream cut falls: inside the first upload that gets this far (a layer).
+const UPLOAD_CUT: usize = 3 << 20;
+/// Where the one downstream cut falls: inside the status line answering the first blob commit.
+const RESPONSE_CUT: usize = 12;
+
+#[derive(Default)]
+struct Stats {
+    connections: AtomicUsize,
+    closed: AtomicUsize,
+    canned: AtomicUsize,
+    /// Whether the upload cut and the commit-response cut are still to come.
+    upload_cut_armed: AtomicBool,
+    commit_cut_armed: AtomicBool,
+    cut_up: AtomicUsize,
+    cut_down: AtomicUsize,
+    /// The blob whose commit response was cut.
+    cut_commit: Mutex<Option<String>>,
+    /// The request line of every request that reached the registry.
+    requests: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    fn count(&self, method: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|r| r.starts_with(method)).count()
+    }
+}
+
+/// Listens on a loopback port; lives (on detached threads) until the test process ends.
+struct FaultProxy {
+    port: u16,
+    stats: Arc<Stats>,
+}
+
+impl FaultProxy {
+    fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stats = Arc::new(Stats::default());
+        stats.upload_cut_armed.store(true, Ordering::SeqCst);
+        stats.commit_cut_armed.store(true, Ordering::SeqCst);
+        let st = stats.clone();
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { continue };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                std::thread::spawn(move || serve(client, upstream, plan(n), &st));
+            }
+        });
+        FaultProxy { port, stats }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn summary(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "{} connections: {} closed at connect, {} canned 503, {} upload cut, {} commit response cut; {} HEAD, {} POST, {} PUT reached the registry",
+            s.connections.load(Ordering::SeqCst),
+            s.closed.load(Ordering::SeqCst),
+            s.canned.load(Ordering::SeqCst),
+            s.cut_up.load(Ordering::SeqCst),
+            s.cut_down.load(Ordering::SeqCst),
+            s.count("HEAD "),
+            s.count("POST "),
+            s.count("PUT "),
+        )
+    }
+}
+
+fn serve(mut client: TcpStream, upstream: SocketAddr, fault: Fault, st: &Stats) {
+    match fault {
+        Fault::CloseAtConnect => {
+            st.closed.fetch_add(1, Ordering::SeqCst);
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+        Fault::Canned503 => {
+            st.canned.fetch_add(1, Ordering::SeqCst);
+            let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match client.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => head.extend_from_slice(&buf[..k]),
+                }
+            }
+            let _ = client.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\ninjected 503",
+            );
+            let _ = client.shutdown(Shutdown::Write);
+            // Drain what the client still sends (a body) so it reads the answer, not a reset.
+            while let Ok(k) = client.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+            }
+            return;
+        }
+        Fault::Pass => {}
+    }
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    // Set by the upstream half when this connection's request is the commit to cut the answer of.
+    let cut_response = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if pump(s2, c2, false, st, &cut_response) {
+                st.cut_down.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        if pump(client, server, true, st, &cut_response) {
+            st.cut_up.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+}
+
+/// `sha256:HEX` of a blob commit's request line (`PUT …?digest=sha256%3AHEX`).
+fn commit_digest(request_line: &str) -> Option<String> {
+    if !request_line.starts_with("PUT ") {
+        return None;
+    }
+    let i = request_line.find("digest=sha256")?;
+    let rest = &request_line[i + "digest=sha256".len()..];
+    let hex = rest
+        .strip_prefix("%3A")
+        .or_else(|| rest.strip_prefix(':'))?;
+    Some(format!("sha256:{}", hex.get(..64)?))
+}
+
+/// Copy one direction of a passed connection (which carries one request); returns whether it
+/// cut. Upstream: log the request line, arm the commit-response cut, make the upload cut.
+/// Downstream: make the commit-response cut, or add `Connection: close` to the response.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    upstream: bool,
+    st: &Stats,
+    cut_response: &AtomicBool,
+) -> bool {
+    let cut = |from: &TcpStream, to: &TcpStream| {
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+        true
+    };
+    let mut buf = [0u8; 16 * 1024];
+    let mut sent = 0usize;
+    loop {
+        let k = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => k,
+        };
+        if upstream && sent == 0 {
+            let line = String::from_utf8_lossy(&buf[..k]);
+            let line = line.lines().next().unwrap_or_default().to_string();
+            if let Some(d) = commit_digest(&line)
+                && st.commit_cut_armed.swap(false, Ordering::SeqCst)
+            {
+                *st.cut_commit.lock().unwrap() = Some(d);
+                cut_response.store(true, Ordering::SeqCst);
+            }
+            st.requests.lock().unwrap().push(line);
+        }
+        if upstream
+            && sent + k >= UPLOAD_CUT
+            && !cut_response.load(Ordering::SeqCst)
+            && st.upload_cut_armed.swap(false, Ordering::SeqCst)
+        {
+            let _ = to.write_all(&buf[..UPLOAD_CUT - sent]);
+            return cut(&from, &to);
+        }
+        if !upstream && sent == 0 {
+            if cut_response.load(Ordering::SeqCst) {
+                let _ = to.write_all(&buf[..RESPONSE_CUT.min(k)]);
+                return cut(&from, &to);
+            }
+            // The response starts the stream; its status line ends at the first CRLF.
+            if let Some(eol) = buf[..k].windows(2).position(|w| w == b"\r\n") {
+                let head = [&buf[..eol + 2], b"Connection: close\r\n", &buf[eol + 2..k]];
+                if to.write_all(&head.concat()).is_err() {
+                    break;
+                }
+                sent += k;
+                continue;
+            }
+        }
+        if to.write_all(&buf[..k]).is_err() {
+            break;
+        }
+        sent += k;
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+    false
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the figures, for `--nocapture`
+fn a_push_through_a_flaky_network_lands_the_same_image() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", reg.port()).parse().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let cache = tmp.path().join("cache");
+    let build = |image: &str| {
+        vx_ok(&[
+            "build",
+            project.to_str().unwrap(),
+            "--base-image",
+            &base,
+            "--no-index",
+            "--find-links",
+            wheels.to_str().unwrap(),
+            "--image",
+            image,
+            "--push",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .0
+    };
+
+    let clean = build(&format!("{}/x/clean:v1", reg.host()));
+    let started = Instant::now();
+    let flaky = build(&format!("{}/x/y:v1", proxy.host()));
+    let took = started.elapsed();
+    let summary = proxy.summary();
+    eprintln!("flaky push took {took:?} over {summary}");
+
+    assert_eq!(digest_of(&flaky), digest_of(&clean), "{summary}");
+    let s = &proxy.stats;
+    assert!(
+        [&s.closed, &s.canned, &s.cut_up, &s.cut_down]
+            .iter()
+            .all(|c| c.load(Ordering::SeqCst) == 1),
+        "the faults should have been injected: {summary}"
+    );
+    // The commit whose answer was lost had landed: a HEAD said so, and it was not uploaded again
+    // (jib#4301).
+    let lost = s
+        .cut_commit
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a commit was cut");
+    let requests = s.requests.lock().unwrap().clone();
+    let hex = lost.trim_start_matches("sha256:");
+    let commits = requests
+        .iter()
+        .filter(|r| commit_digest(r).as_deref() == Some(lost.as_str()))
+        .count();
+    assert_eq!(commits, 1, "{lost} was committed again: {requests:#?}");
+    assert!(
+        requests
+            .iter()
+            .skip_while(|r| commit_digest(r).as_deref() != Some(lost.as_str()))
+            .any(|r| r.starts_with("HEAD ") && r.contains(hex)),
+        "no HEAD for {lost} after its commit: {requests:#?}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    // The registry itself holds the image, whole: skopeo verifies every blob it copies.
+    let pinned = by_digest(&flaky).replacen(&proxy.host(), &reg.host(), 1);
+    let out = tmp.path().join("pulled");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{pinned}"),
+        &format!("oci:{}:v1", out.display()),
+    ]);
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the timing, for `--nocapture`
+fn a_registry_that_is_down_fails_in_bounded_time_naming_the_host() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let started = Instant::now();
+    let out = vx(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--image",
+        &format!("{dead}/x/y:v1"),
+        "--push",
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ]);
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    eprintln!("failed after {took:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(90), "{took:?}");
+    assert!(
+        stderr.contains(&format!("cannot connect to registry host {dead}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("after 5 attempts"), "{stderr}");
+}
