@@ -360,7 +360,7 @@ impl RegistryClient {
                 status,
                 details: ErrorDetails::from_body(content_type.as_deref(), &body),
                 hint: matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                    .then(|| self.auth_hint(ep.registry)),
+                    .then(|| self.auth_hint(ep.registry, status)),
                 attempts: 1,
             });
         }
@@ -564,15 +564,54 @@ impl RegistryClient {
             status,
             details: ErrorDetails::from_body(content_type.as_deref(), &body),
             hint: matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                .then(|| self.auth_hint(ep.registry)),
+                .then(|| self.auth_hint(ep.registry, status)),
             retry_after,
             attempts: 1,
         }
     }
 
     /// What to check after an authentication failure. Names files and hosts, never secrets.
-    fn auth_hint(&self, registry: &str) -> String {
-        self.config.auth_hint(registry)
+    fn auth_hint(&self, registry: &str, status: StatusCode) -> String {
+        let hint = self.config.auth_hint(registry);
+        match artifact_registry_hint(registry, status) {
+            Some(ar) => format!("{ar}; {hint}"),
+            None => hint,
+        }
+    }
+}
+
+/// Artifact Registry answers 403 both for a missing permission and for a repository that does not
+/// exist ("…or it may not exist"): say how to fix either.
+pub(crate) fn artifact_registry_hint(registry: &str, status: StatusCode) -> Option<String> {
+    let host = registry.split(':').next().unwrap_or(registry);
+    (status == StatusCode::FORBIDDEN && host.ends_with("-docker.pkg.dev")).then(|| {
+        let location = host.trim_end_matches("-docker.pkg.dev");
+        format!(
+            "Artifact Registry refuses this when the repository does not exist or the account may not write to it: \
+             create it (gcloud artifacts repositories create REPO --repository-format=docker --location={location}) \
+             or grant the account artifactregistry.repositories.uploadArtifacts (roles/artifactregistry.writer)"
+        )
+    })
+}
+
+#[cfg(test)]
+mod artifact_registry_tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_on_artifact_registry_says_create_or_grant() {
+        let h =
+            artifact_registry_hint("us-central1-docker.pkg.dev", StatusCode::FORBIDDEN).unwrap();
+        assert!(
+            h.contains("--location=us-central1")
+                && h.contains("artifactregistry.repositories.uploadArtifacts"),
+            "{h}"
+        );
+        assert!(
+            artifact_registry_hint("us-central1-docker.pkg.dev", StatusCode::UNAUTHORIZED)
+                .is_none()
+        );
+        assert!(artifact_registry_hint("registry.example.com", StatusCode::FORBIDDEN).is_none());
     }
 }
 
