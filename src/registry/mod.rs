@@ -187,6 +187,23 @@ impl RegistryClient {
             .await
     }
 
+    /// One pull-scoped request that must answer 200 OK; anything else becomes the registry's error.
+    async fn pull_ok(
+        &self,
+        ep: Endpoint<'_>,
+        r: &Reference,
+        op: &Operation,
+        spec: &RequestSpec,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let resp = self
+            .execute(ep, &Scopes::pull(&r.repository), op, spec)
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.error_from_response(ep, op, resp).await);
+        }
+        Ok(resp)
+    }
+
     async fn get_manifest_once(
         &self,
         ep: Endpoint<'_>,
@@ -194,13 +211,8 @@ impl RegistryClient {
         op: &Operation,
         spec: &RequestSpec,
     ) -> Result<FetchedManifest, RegistryError> {
+        let resp = self.pull_ok(ep, r, op, spec).await?;
         let op = op.clone();
-        let resp = self
-            .execute(ep, &Scopes::pull(&r.repository), &op, spec)
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(self.error_from_response(ep, &op, resp).await);
-        }
         let header_digest = header_str(&resp, "docker-content-digest");
         let content_type = transport::content_type(&resp);
         let mut bytes = Vec::new();
@@ -281,13 +293,8 @@ impl RegistryClient {
         op: &Operation,
         spec: &RequestSpec,
     ) -> Result<PathBuf, RegistryError> {
+        let resp = self.pull_ok(ep, r, op, spec).await?;
         let op = op.clone();
-        let resp = self
-            .execute(ep, &Scopes::pull(&r.repository), &op, spec)
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(self.error_from_response(ep, &op, resp).await);
-        }
         if let Some(len) = resp.content_length()
             && len != desc.size
         {
