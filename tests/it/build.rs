@@ -78,6 +78,65 @@ pub fn vx_ok(args: &[&str]) -> (String, String) {
     (lines[0].to_string(), text(&out.stderr))
 }
 
+/// `PROJECT --base-image BASE --no-index --find-links WHEELS --cache-dir CACHE`: the arguments
+/// of a build that resolves only from a local wheel folder.
+pub fn offline_args(project: &Path, base: &str, wheels: &Path, cache: &Path) -> Vec<String> {
+    [
+        project.to_str().unwrap(),
+        "--base-image",
+        base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `build` + [`offline_args`] + `--output oci:OUT` + `extra`.
+fn offline_build_args(
+    project: &Path,
+    base: &str,
+    wheels: &Path,
+    cache: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec!["build".to_string()];
+    args.extend(offline_args(project, base, wheels, cache));
+    args.extend(["--output".to_string(), format!("oci:{}", out.display())]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `vxbuild build` with [`offline_args`], into the OCI layout `out`, then `extra`; not asserted.
+pub fn offline_build_output(
+    project: &Path,
+    base: &str,
+    wheels: &Path,
+    cache: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Output {
+    let args = offline_build_args(project, base, wheels, cache, out, extra);
+    vx(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// As [`offline_build_output`], asserting success; returns (the stdout line, stderr).
+pub fn offline_build(
+    project: &Path,
+    base: &str,
+    wheels: &Path,
+    cache: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (String, String) {
+    let args = offline_build_args(project, base, wheels, cache, out, extra);
+    vx_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// `HOST/REPO:TAG@DIGEST` → `HOST/REPO@DIGEST` (skopeo refuses a tag and a digest together).
 pub fn by_digest(reference: &str) -> String {
     let (name, digest) = reference.rsplit_once('@').expect("pinned reference");
@@ -848,19 +907,14 @@ fn a_base_without_pip_gets_a_bootstrapped_pip_wheel_not_the_hosts_pip() {
     let pip_wheel = bundled_pip_wheel();
     std::fs::copy(&pip_wheel, wheels.join(pip_wheel.file_name().unwrap())).unwrap();
     let out_layout = tmp.path().join("out");
-    let (_reference, stderr) = vx_ok(&[
-        "build",
-        project.to_str().unwrap(),
-        "--base-image",
+    let (_reference, stderr) = offline_build(
+        &project,
         &base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--output",
-        &format!("oci:{}", out_layout.display()),
-        "--cache-dir",
-        tmp.path().join("cache").to_str().unwrap(),
-    ]);
+        &wheels,
+        &tmp.path().join("cache"),
+        &out_layout,
+        &[],
+    );
     assert!(
         stderr.contains("using a pip wheel for Python 3.9"),
         "the bootstrap is announced:\n{stderr}"
@@ -883,19 +937,14 @@ fn a_base_without_pip_gets_a_bootstrapped_pip_wheel_not_the_hosts_pip() {
 
     // With no pip wheel anywhere, the error says what is missing and where it looked.
     std::fs::remove_file(wheels.join(pip_wheel.file_name().unwrap())).unwrap();
-    let out = vx(&[
-        "build",
-        project.to_str().unwrap(),
-        "--base-image",
+    let out = offline_build_output(
+        &project,
         &base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--output",
-        &format!("oci:{}", tmp.path().join("o2").display()),
-        "--cache-dir",
-        tmp.path().join("cache2").to_str().unwrap(),
-    ]);
+        &wheels,
+        &tmp.path().join("cache2"),
+        &tmp.path().join("o2"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(

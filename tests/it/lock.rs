@@ -2,41 +2,11 @@
 //! digest), stale when its inputs change, `--locked` refuses a stale lock, the base never moves
 //! silently, `vxbuild lock --upgrade` moves it.
 
-use std::path::Path;
-
-use crate::build::{digest_of, text, tiny_project, vx, vx_ok};
+use crate::build::{
+    digest_of, offline_args as offline, offline_build as build, offline_build_output, text,
+    tiny_project, vx_ok,
+};
 use crate::support::*;
-
-fn offline<'a>(project: &'a Path, base: &'a str, wheels: &'a Path, cache: &'a Path) -> Vec<String> {
-    [
-        project.to_str().unwrap(),
-        "--base-image",
-        base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn build(
-    project: &Path,
-    base: &str,
-    wheels: &Path,
-    cache: &Path,
-    out: &Path,
-    extra: &[&str],
-) -> (String, String) {
-    let mut args = vec!["build".to_string()];
-    args.extend(offline(project, base, wheels, cache));
-    args.extend(["--output".to_string(), format!("oci:{}", out.display())]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    vx_ok(&refs)
-}
 
 #[test]
 fn the_first_build_writes_the_lock_and_the_next_uses_it() {
@@ -102,15 +72,14 @@ fn the_first_build_writes_the_lock_and_the_next_uses_it() {
 
     // Inputs change: --locked fails naming what changed and writes nothing.
     std::fs::write(project.join("requirements.txt"), "tinyapp\ntinydep==1.0\n").unwrap();
-    let mut args = vec!["build".to_string()];
-    args.extend(offline(&project, &base, &wheels, &cache));
-    args.extend([
-        "--output".into(),
-        format!("oci:{}", tmp.path().join("o4").display()),
-        "--locked".into(),
-    ]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = vx(&refs);
+    let out = offline_build_output(
+        &project,
+        &base,
+        &wheels,
+        &cache,
+        &tmp.path().join("o4"),
+        &["--locked"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -149,15 +118,14 @@ fn the_first_build_writes_the_lock_and_the_next_uses_it() {
     );
     assert!(!lock_path.exists());
     // --locked without a lock fails.
-    let mut args = vec!["build".to_string()];
-    args.extend(offline(&project, &base, &wheels, &cache));
-    args.extend([
-        "--output".into(),
-        format!("oci:{}", tmp.path().join("o7").display()),
-        "--locked".into(),
-    ]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = vx(&refs);
+    let out = offline_build_output(
+        &project,
+        &base,
+        &wheels,
+        &cache,
+        &tmp.path().join("o7"),
+        &["--locked"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("is missing; run `vxbuild lock`"),

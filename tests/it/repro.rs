@@ -1,6 +1,6 @@
 //! Issue 3: reproducible bytecode.
 
-use crate::build::{digest_of, tiny_project, vx_ok};
+use crate::build::{digest_of, offline_build, tiny_project};
 use crate::support::*;
 
 #[test]
@@ -40,20 +40,14 @@ fn compile_bytecode_gives_unchecked_hash_pycs_and_the_same_digest_twice() {
     );
 
     // Without the flag no bytecode is written, and the digest differs.
-    let (plain, _) = vx_ok(&[
-        "build",
-        project.to_str().unwrap(),
-        "--base-image",
+    let (plain, _) = offline_build(
+        &project,
         &base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--no-lock",
-        "--output",
-        &format!("oci:{}", tmp.path().join("plain").display()),
-        "--cache-dir",
-        tmp.path().join("cache-0").to_str().unwrap(),
-    ]);
+        &wheels,
+        &tmp.path().join("cache-0"),
+        &tmp.path().join("plain"),
+        &["--no-lock"],
+    );
     assert_ne!(digest_of(&plain), digests[0]);
 
     let rootfs = unpack_layout(
