@@ -165,6 +165,11 @@ pub struct BuildArgs {
     pub jobs: usize,
 
     /// Print nothing on stderr but errors and warnings.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Also print each registry request (method, URL without its query, status) and where
+    /// credentials came from. Secrets are never printed.
+    #[arg(long, short)]
+    pub verbose: bool,
 }

@@ -104,7 +104,12 @@ pub struct BuildOutcome {
 }
 
 /// Run one build: the stages in order.
-pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOutcome, BuildError> {
+pub async fn build(
+    plan: &BuildPlan,
+    reporter: std::sync::Arc<dyn Reporter>,
+) -> Result<BuildOutcome, BuildError> {
+    let trace = reporter.wants_debug().then(|| reporter.clone());
+    let reporter: &dyn Reporter = &*reporter;
     let cache = Cache::open(&plan.cache_dir).map_err(|source| BuildError::Cache {
         path: plan.cache_dir.clone(),
         source,
@@ -124,6 +129,7 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
         insecure_registries: plan.insecure_registries.clone(),
         docker_config: None,
         max_concurrent: plan.jobs,
+        trace: trace.clone(),
     })
     .map_err(BuildError::Client)?;
     let base_err = |source| BuildError::Base {
@@ -282,8 +288,10 @@ pub async fn build(plan: &BuildPlan, reporter: &dyn Reporter) -> Result<BuildOut
 pub async fn lock(
     plan: &BuildPlan,
     upgrade: bool,
-    reporter: &dyn Reporter,
+    reporter: std::sync::Arc<dyn Reporter>,
 ) -> Result<std::path::PathBuf, BuildError> {
+    let trace = reporter.wants_debug().then(|| reporter.clone());
+    let reporter: &dyn Reporter = &*reporter;
     let cache = Cache::open(&plan.cache_dir).map_err(|source| BuildError::Cache {
         path: plan.cache_dir.clone(),
         source,
@@ -292,6 +300,7 @@ pub async fn lock(
         insecure_registries: plan.insecure_registries.clone(),
         docker_config: None,
         max_concurrent: plan.jobs,
+        trace: trace.clone(),
     })
     .map_err(BuildError::Client)?;
     let base_err = |source| BuildError::Base {

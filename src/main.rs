@@ -14,6 +14,7 @@ use vxbuild::report::Reporter;
 /// Progress and warnings on stderr.
 struct Stderr {
     quiet: bool,
+    verbose: bool,
 }
 
 impl Reporter for Stderr {
@@ -24,6 +25,14 @@ impl Reporter for Stderr {
     }
     fn warn(&self, message: &str) {
         let _ = writeln!(std::io::stderr(), "warning: {message}");
+    }
+    fn wants_debug(&self) -> bool {
+        self.verbose
+    }
+    fn debug(&self, message: &str) {
+        if self.verbose {
+            let _ = writeln!(std::io::stderr(), "debug: {message}");
+        }
     }
 }
 
@@ -43,7 +52,7 @@ fn main() -> ExitCode {
         Action::Build(a) => (a, None),
         Action::Lock(l) => (l.build, Some(l.upgrade)),
     };
-    let quiet = args.quiet;
+    let (quiet, verbose) = (args.quiet, args.verbose);
     let env = match Environment::from_process() {
         Ok(e) => e,
         Err(e) => {
@@ -72,13 +81,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let reporter = Stderr { quiet };
+    let reporter: std::sync::Arc<dyn Reporter> = std::sync::Arc::new(Stderr { quiet, verbose });
     let result = match upgrade {
         None => runtime
-            .block_on(vxbuild::build(&plan, &reporter))
+            .block_on(vxbuild::build(&plan, reporter))
             .map(|o| o.reference),
         Some(upgrade) => runtime
-            .block_on(vxbuild::lock(&plan, upgrade, &reporter))
+            .block_on(vxbuild::lock(&plan, upgrade, reporter))
             .map(|p| p.display().to_string()),
     };
     match result {

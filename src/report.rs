@@ -6,6 +6,12 @@ pub trait Reporter: Send + Sync {
     fn info(&self, message: &str);
     /// Something the user should know about but that does not stop the build.
     fn warn(&self, message: &str);
+    /// Whether [`Reporter::debug`] messages are wanted (`-v`): they cost a string per request.
+    fn wants_debug(&self) -> bool {
+        false
+    }
+    /// Each registry request and where credentials came from; never a secret.
+    fn debug(&self, _message: &str) {}
 }
 
 /// A reporter that drops everything.

@@ -145,6 +145,13 @@ pub enum RegistryError {
     #[error("failed to set up the HTTP client")]
     ClientSetup(#[source] reqwest::Error),
 
+    #[error("failed to load trusted certificates from {source_name} ({}): {problem}", path.display())]
+    TrustStore {
+        source_name: String,
+        path: PathBuf,
+        problem: String,
+    },
+
     #[error("failed to read the Docker config file {}", path.display())]
     DockerConfig {
         path: PathBuf,
@@ -168,6 +175,18 @@ pub enum RegistryError {
         host: String,
         /// How many times the request was tried (1 until the retry policy gives up).
         attempts: u32,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    #[error(
+        "failed to {op}: the TLS certificate of {host} is not trusted; put its CA certificate in \
+         /etc/containers/certs.d/{host}/ca.crt (or ~/.config/containers/certs.d/{host}/ca.crt, or \
+         a bundle named by SSL_CERT_FILE), or pass --insecure-registry {host} to skip verification"
+    )]
+    Certificate {
+        op: Box<Operation>,
+        host: String,
         #[source]
         source: reqwest::Error,
     },

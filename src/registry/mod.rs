@@ -21,12 +21,13 @@
 mod auth;
 mod error;
 mod retry;
+mod tls;
 mod transport;
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,7 +55,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// ([`transport::STALL_TIMEOUT`]).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// `HOST[:PORT]` entries allowed plain HTTP and unverified TLS (loopback hosts always are).
     pub insecure_registries: Vec<String>,
@@ -63,6 +64,8 @@ pub struct ClientOptions {
     pub docker_config: Option<PathBuf>,
     /// How many registry operations may run at once.
     pub max_concurrent: usize,
+    /// Receives a line per request and per credential lookup (`-v`); never a secret.
+    pub trace: Option<std::sync::Arc<dyn crate::report::Reporter>>,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +74,7 @@ impl Default for ClientOptions {
             insecure_registries: Vec::new(),
             docker_config: None,
             max_concurrent: 8,
+            trace: None,
         }
     }
 }
@@ -85,9 +89,8 @@ pub struct FetchedManifest {
     pub digest: Digest,
 }
 
-/// An OCI distribution client. Holds per-process state: schemes per host, known challenges,
-/// cached tokens. `Debug` shows no secret.
-pub struct RegistryClient {
+/// The HTTP clients for one trust configuration.
+pub(crate) struct Clients {
     http: reqwest::Client,
     /// Accepts any certificate: only for insecure and loopback hosts.
     http_insecure: reqwest::Client,
@@ -95,6 +98,46 @@ pub struct RegistryClient {
     /// none and `transport` watches the upload's progress instead.
     upload: reqwest::Client,
     upload_insecure: reqwest::Client,
+}
+
+impl Clients {
+    fn new(
+        trust: &tls::Trust,
+        extra_roots: &[reqwest::Certificate],
+    ) -> Result<Self, RegistryError> {
+        let builder = |read_timeout: bool, verify: bool| {
+            let b = if verify {
+                trust.builder(extra_roots)
+            } else {
+                reqwest::Client::builder().tls_danger_accept_invalid_certs(true)
+            };
+            let b = b
+                .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(CONNECT_TIMEOUT);
+            let b = if read_timeout {
+                b.read_timeout(READ_TIMEOUT)
+            } else {
+                b
+            };
+            b.build().map_err(RegistryError::ClientSetup)
+        };
+        Ok(Clients {
+            http: builder(true, true)?,
+            http_insecure: builder(true, false)?,
+            upload: builder(false, true)?,
+            upload_insecure: builder(false, false)?,
+        })
+    }
+}
+
+/// An OCI distribution client. Holds per-process state: schemes per host, known challenges,
+/// cached tokens. `Debug` shows no secret.
+pub struct RegistryClient {
+    /// For hosts without a certs.d folder of their own.
+    clients: Arc<Clients>,
+    trust: tls::Trust,
+    /// Hosts whose certs.d folder was looked at: their own clients, or the shared ones.
+    host_clients: Mutex<HashMap<String, Arc<Clients>>>,
     insecure_registries: Vec<String>,
     config: DockerConfig,
     schemes: Mutex<HashMap<String, Scheme>>,
@@ -102,6 +145,7 @@ pub struct RegistryClient {
     tokens: Mutex<HashMap<(String, String), Token>>,
     limit: tokio::sync::Semaphore,
     retry: retry::Policy,
+    trace: Option<std::sync::Arc<dyn crate::report::Reporter>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -109,41 +153,23 @@ impl std::fmt::Debug for RegistryClient {
         f.debug_struct("RegistryClient")
             .field("insecure_registries", &self.insecure_registries)
             .field("docker_config", &self.config.path)
+            .field("trust", &self.trust)
             .finish_non_exhaustive()
     }
 }
 
 impl RegistryClient {
     pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
-        let builder = |read_timeout: bool| {
-            let b = reqwest::Client::builder()
-                .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(CONNECT_TIMEOUT);
-            if read_timeout {
-                b.read_timeout(READ_TIMEOUT)
-            } else {
-                b
-            }
-        };
-        let http = builder(true).build().map_err(RegistryError::ClientSetup)?;
-        let http_insecure = builder(true)
-            .tls_danger_accept_invalid_certs(true)
-            .build()
-            .map_err(RegistryError::ClientSetup)?;
-        let upload = builder(false).build().map_err(RegistryError::ClientSetup)?;
-        let upload_insecure = builder(false)
-            .tls_danger_accept_invalid_certs(true)
-            .build()
-            .map_err(RegistryError::ClientSetup)?;
+        let trust = tls::Trust::from_env()?;
+        let clients = Arc::new(Clients::new(&trust, &[])?);
         let config = match opts.docker_config.or_else(DockerConfig::default_path) {
             Some(path) => DockerConfig::load(&path)?,
             None => DockerConfig::default(),
         };
         Ok(RegistryClient {
-            http,
-            http_insecure,
-            upload,
-            upload_insecure,
+            clients,
+            trust,
+            host_clients: Mutex::new(HashMap::new()),
             insecure_registries: opts
                 .insecure_registries
                 .iter()
@@ -155,7 +181,34 @@ impl RegistryClient {
             tokens: Mutex::new(HashMap::new()),
             limit: tokio::sync::Semaphore::new(opts.max_concurrent.max(1)),
             retry: retry::Policy::default(),
+            trace: opts.trace,
         })
+    }
+
+    /// A `-v` line, built only when someone reads it.
+    pub(crate) fn trace(&self, line: impl FnOnce() -> String) {
+        if let Some(t) = &self.trace {
+            t.debug(&line());
+        }
+    }
+
+    /// The clients for `host`: its own when a certs.d folder holds CA certificates for it.
+    pub(crate) fn clients_for(&self, host: &str) -> Result<Arc<Clients>, RegistryError> {
+        let key = host.to_ascii_lowercase();
+        let mut map = self.host_clients.lock().expect("host clients lock");
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let found = self.trust.host_certificates(&key)?;
+        let clients = if found.is_empty() {
+            self.clients.clone()
+        } else {
+            let extra: Vec<reqwest::Certificate> =
+                found.into_iter().flat_map(|(_, certs)| certs).collect();
+            Arc::new(Clients::new(&self.trust, &extra)?)
+        };
+        map.insert(key, clients.clone());
+        Ok(clients)
     }
 
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {

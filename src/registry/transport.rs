@@ -336,11 +336,25 @@ impl RegistryClient {
             });
         }
         let realm_host = url_host_port(&url).unwrap_or_default();
-        let client = self.client(scheme_policy(&realm_host, &self.insecure_registries), false);
+        let client = self.client(
+            &realm_host,
+            scheme_policy(&realm_host, &self.insecure_registries),
+            false,
+        )?;
         let mut rb = client.get(url).header(header::ACCEPT, "application/json");
         if let Some(c) = creds {
             rb = rb.header(header::AUTHORIZATION, c.basic_header());
         }
+        self.trace(|| {
+            let with = match self.config.source(ep.registry) {
+                Some(source) => format!("with credentials from {source}"),
+                None => "anonymously".to_string(),
+            };
+            format!(
+                "token for {} from {shown} {with}",
+                scopes.iter().collect::<Vec<_>>().join(" ")
+            )
+        });
         let resp = rb
             .send()
             .await
@@ -385,14 +399,15 @@ impl RegistryClient {
             Target::Url(url) => {
                 let host = url_host_port(url).unwrap_or_default();
                 let client = self.client(
+                    &host,
                     scheme_policy(&host, &self.insecure_registries),
                     spec.body.is_file(),
-                );
+                )?;
                 // Credentials go only to the registry itself, never to another host it names.
                 let same_host = host.eq_ignore_ascii_case(ep.host);
                 let auth = auth.filter(|_| same_host);
                 return self
-                    .send_to(client, url.clone(), op, spec, auth)
+                    .send_to(&client, url.clone(), op, spec, auth)
                     .await
                     .map_err(|e| self.send_error(ep, op, e));
             }
@@ -405,21 +420,21 @@ impl RegistryClient {
             .get(ep.host)
             .copied();
         let policy = scheme_policy(ep.host, &self.insecure_registries);
-        let client = self.client(policy, spec.body.is_file());
+        let client = self.client(ep.host, policy, spec.body.is_file())?;
         if let Some(scheme) = known {
             let url = self.url(scheme, ep.host, path, op)?;
             return self
-                .send_to(client, url, op, spec, auth)
+                .send_to(&client, url, op, spec, auth)
                 .await
                 .map_err(|e| self.send_error(ep, op, e));
         }
         let https = self.url(Scheme::Https, ep.host, path, op)?;
-        let first = self.send_to(client, https, op, spec, auth).await;
+        let first = self.send_to(&client, https, op, spec, auth).await;
         let chosen = match first {
             Ok(resp) => Ok((Scheme::Https, resp)),
             Err(SendError::Http(e)) if should_fall_back(policy, e.is_connect()) => {
                 let http = self.url(Scheme::Http, ep.host, path, op)?;
-                self.send_to(client, http, op, spec, auth)
+                self.send_to(&client, http, op, spec, auth)
                     .await
                     .map(|resp| (Scheme::Http, resp))
             }
@@ -433,14 +448,21 @@ impl RegistryClient {
         Ok(resp)
     }
 
-    /// The client for a host's policy; streamed uploads get one without a read timeout.
-    fn client(&self, policy: SchemePolicy, upload: bool) -> &reqwest::Client {
-        match (policy, upload) {
-            (SchemePolicy::HttpsOnly, false) => &self.http,
-            (SchemePolicy::HttpsThenHttp, false) => &self.http_insecure,
-            (SchemePolicy::HttpsOnly, true) => &self.upload,
-            (SchemePolicy::HttpsThenHttp, true) => &self.upload_insecure,
-        }
+    /// The client for a host and its policy (the host's certs.d CAs count); streamed uploads get
+    /// one without a read timeout.
+    fn client(
+        &self,
+        host: &str,
+        policy: SchemePolicy,
+        upload: bool,
+    ) -> Result<reqwest::Client, RegistryError> {
+        let c = self.clients_for(host)?;
+        Ok(match (policy, upload) {
+            (SchemePolicy::HttpsOnly, false) => c.http.clone(),
+            (SchemePolicy::HttpsThenHttp, false) => c.http_insecure.clone(),
+            (SchemePolicy::HttpsOnly, true) => c.upload.clone(),
+            (SchemePolicy::HttpsThenHttp, true) => c.upload_insecure.clone(),
+        })
     }
 
     fn url(
@@ -460,6 +482,13 @@ impl RegistryClient {
 
     fn send_error(&self, ep: Endpoint<'_>, op: &Operation, e: SendError) -> RegistryError {
         match e {
+            SendError::Http(source) if super::tls::is_certificate_error(&source) => {
+                RegistryError::Certificate {
+                    op: op.clone().into(),
+                    host: ep.host.to_string(),
+                    source: scrub(source),
+                }
+            }
             SendError::Http(source) if source.is_connect() => RegistryError::Connect {
                 op: op.clone().into(),
                 host: ep.host.to_string(),
@@ -494,6 +523,20 @@ impl RegistryClient {
             }));
         }
         let host = url_host_port(&url).unwrap_or_default();
+        self.trace(|| {
+            let how = match auth {
+                None => "anonymous",
+                Some(Authorization::Basic(_)) => "basic auth",
+                Some(Authorization::Bearer(_)) => "bearer token",
+            };
+            // Never the query: upload and storage URLs carry signatures there.
+            format!(
+                "{} {}://{host}{} ({how})",
+                spec.method,
+                url.scheme(),
+                url.path()
+            )
+        });
         let mut rb = client
             .request(spec.method.clone(), url)
             .headers(spec.headers.clone());

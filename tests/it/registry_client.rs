@@ -24,6 +24,7 @@ fn client(config: &Path) -> RegistryClient {
         insecure_registries: Vec::new(),
         docker_config: Some(config.to_path_buf()),
         max_concurrent: 4,
+        trace: None,
     })
     .expect("client")
 }

@@ -23,6 +23,9 @@ pub const BASE_REPOSITORY: &str = "library/python";
 /// A `docker-registry` (the reference distribution server) on a free loopback port, killed on drop.
 pub struct Registry {
     child: Child,
+    /// The address it listens on: 127.0.0.1, or [`machine_ip`] for tests that need a host
+    /// vxbuild does not treat as loopback.
+    ip: String,
     port: u16,
     pub storage: tempfile::TempDir,
     _config: tempfile::TempDir,
@@ -42,25 +45,47 @@ impl Registry {
     /// Start a registry that requires HTTP basic auth for `user`/`password` (a bcrypt htpasswd
     /// file made with `htpasswd` from apache2-utils).
     pub fn start_with_basic_auth(user: &str, password: &str) -> Registry {
-        let entry = run(Command::new("htpasswd").args(["-nbB", user, password])).stdout;
-        Self::launch(|config_dir| {
-            let path = config_dir.join("htpasswd");
-            std::fs::write(&path, &entry).expect("write htpasswd file");
-            format!(
-                "auth:\n  htpasswd:\n    realm: vxbuild-test\n    path: {}\n",
-                path.display()
-            )
-        })
+        Self::launch(basic_auth(user, password))
+    }
+
+    /// Start on `ip` with HTTPS (a certificate for `ip` signed by `ca`) and basic auth.
+    pub fn start_tls_with_basic_auth(
+        ip: &str,
+        ca: &TestCa,
+        cert_dir: &Path,
+        user: &str,
+        password: &str,
+    ) -> Registry {
+        let (cert, key) = ca.server_cert(cert_dir, ip);
+        Self::launch_on(ip, Some((&cert, &key)), basic_auth(user, password))
     }
 
     /// `extra` gets the config folder (for files the extra config names) and returns YAML.
     fn launch(extra: impl FnOnce(&Path) -> String) -> Registry {
+        Self::launch_on("127.0.0.1", None, extra)
+    }
+
+    /// Start on `ip`, serving HTTPS with `tls` (certificate chain and key PEM files) when given,
+    /// with `extra` YAML as in [`Registry::launch`].
+    pub fn launch_on(
+        ip: &str,
+        tls: Option<(&Path, &Path)>,
+        extra: impl FnOnce(&Path) -> String,
+    ) -> Registry {
         let storage = tempfile::tempdir().expect("registry storage dir");
         let config_dir = tempfile::tempdir().expect("registry config dir");
         let extra = extra(config_dir.path());
         let port = free_port();
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n{tls}{extra}",
             storage.path().display()
         );
         let config_path = config_dir.path().join("config.yml");
@@ -75,6 +100,7 @@ impl Registry {
             .expect("docker-registry on PATH (apt-get install docker-registry)");
         let reg = Registry {
             child,
+            ip: ip.to_string(),
             port,
             storage,
             _config: config_dir,
@@ -83,23 +109,30 @@ impl Registry {
         reg
     }
 
+    /// What the registry logged (level info: requests refused and why).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._config.path().join("registry.log")).unwrap_or_default()
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!(
-            "docker-registry did not listen on 127.0.0.1:{} within 20 s",
-            self.port
+            "docker-registry did not listen on {}:{} within 20 s:\n{}",
+            self.ip,
+            self.port,
+            self.log()
         );
     }
 
-    /// `127.0.0.1:PORT`
+    /// `IP:PORT`
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -134,6 +167,82 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// This machine's address on its default route: a host vxbuild does not treat as loopback (no
+/// plain-HTTP fallback, TLS verified), yet reachable without leaving the machine.
+pub fn machine_ip() -> String {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket");
+    // Connecting a UDP socket sends nothing; it only picks the route and so the source address.
+    socket
+        .connect("192.0.2.1:9")
+        .or_else(|_| socket.connect("10.255.255.1:9"))
+        .expect("this machine has a default route (the TLS tests need a non-loopback address)");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "no non-loopback address on this machine ({ip})"
+    );
+    ip.to_string()
+}
+
+/// A certificate authority made for one test, and server certificates it signs.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// `ca.crt` (PEM).
+    pub cert: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "vxbuild test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let cert = dir.join("ca.crt");
+        std::fs::write(&cert, issuer.pem()).unwrap();
+        TestCa { issuer, cert }
+    }
+
+    /// A server certificate for `host` (an IP address or a DNS name) and its key, as PEM files
+    /// `DIR/server.crt` and `DIR/server.key`.
+    pub fn server_cert(&self, dir: &Path, host: &str) -> (PathBuf, PathBuf) {
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, host);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// The `auth: htpasswd` config for `user`/`password` (a bcrypt htpasswd file made with
+/// `htpasswd` from apache2-utils, written to the registry's config folder).
+pub fn basic_auth(user: &str, password: &str) -> impl FnOnce(&Path) -> String {
+    let entry = run(Command::new("htpasswd").args(["-nbB", user, password])).stdout;
+    move |config_dir| {
+        let path = config_dir.join("htpasswd");
+        std::fs::write(&path, &entry).expect("write htpasswd file");
+        format!(
+            "auth:\n  htpasswd:\n    realm: vxbuild-test\n    path: {}\n",
+            path.display()
+        )
     }
 }
 
