@@ -277,11 +277,22 @@ impl RegistryClient {
                 .map(Authorization::Basic));
         }
         let key = (ep.host.to_string(), scopes.key());
-        if !refresh
-            && let Some(t) = self.tokens.lock().expect("token cache lock").get(&key)
-            && t.is_fresh()
-        {
-            return Ok(Some(Authorization::Bearer(t.clone())));
+        let cached = || {
+            self.tokens
+                .lock()
+                .expect("token cache lock")
+                .get(&key)
+                .filter(|t| t.is_fresh())
+                .cloned()
+        };
+        if !refresh && let Some(t) = cached() {
+            return Ok(Some(Authorization::Bearer(t)));
+        }
+        // One token request at a time, so parallel uploads that all find the cache empty ask the
+        // token server once, not once each.
+        let _one = self.token_fetch.lock().await;
+        if !refresh && let Some(t) = cached() {
+            return Ok(Some(Authorization::Bearer(t)));
         }
         let token = self.fetch_token(ep, scopes, op, ch).await?;
         self.tokens
@@ -317,18 +328,6 @@ impl RegistryClient {
             url.path()
         );
         let creds = self.config.lookup(ep.registry);
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(service) = ch.param("service") {
-                q.append_pair("service", service);
-            }
-            for s in scopes.iter() {
-                q.append_pair("scope", s);
-            }
-            if let Some(c) = creds {
-                q.append_pair("account", &c.username);
-            }
-        }
         if creds.is_some() && !may_send_secret(&url) {
             return Err(RegistryError::InsecureCredentials {
                 op: op.clone().into(),
@@ -341,10 +340,47 @@ impl RegistryClient {
             scheme_policy(&realm_host, &self.insecure_registries),
             false,
         )?;
-        let mut rb = client.get(url).header(header::ACCEPT, "application/json");
-        if let Some(c) = creds {
-            rb = rb.header(header::AUTHORIZATION, c.basic_header());
-        }
+        let rb = match creds.and_then(|c| c.identity_token()) {
+            // An identity token (docker login with an OAuth2 registry) is a refresh token: the
+            // OAuth2 form of the token protocol exchanges it, with the scopes space-separated.
+            Some(refresh_token) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh_token)
+                    .append_pair("client_id", "vxbuild");
+                if let Some(service) = ch.param("service") {
+                    form.append_pair("service", service);
+                }
+                let scope = scopes.iter().collect::<Vec<_>>().join(" ");
+                if !scope.is_empty() {
+                    form.append_pair("scope", &scope);
+                }
+                client
+                    .post(url)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.finish())
+            }
+            None => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(service) = ch.param("service") {
+                        q.append_pair("service", service);
+                    }
+                    for s in scopes.iter() {
+                        q.append_pair("scope", s);
+                    }
+                    if let Some(c) = creds {
+                        q.append_pair("account", &c.username);
+                    }
+                }
+                let rb = client.get(url);
+                match creds {
+                    Some(c) => rb.header(header::AUTHORIZATION, c.basic_header()),
+                    None => rb,
+                }
+            }
+        };
+        let rb = rb.header(header::ACCEPT, "application/json");
         self.trace(|| {
             let with = match self.config.source(ep.registry) {
                 Some(source) => format!("with credentials from {source}"),
@@ -505,7 +541,41 @@ impl RegistryClient {
         }
     }
 
+    /// Send once to `url`; with `-v`, one line for the request and its outcome.
     async fn send_to(
+        &self,
+        client: &reqwest::Client,
+        url: Url,
+        op: &Operation,
+        spec: &RequestSpec,
+        auth: Option<&Authorization>,
+    ) -> Result<Response, SendError> {
+        if self.trace.is_none() {
+            return self.send_to_once(client, url, op, spec, auth).await;
+        }
+        let how = match auth {
+            None => "anonymous",
+            Some(Authorization::Basic(_)) => "basic auth",
+            Some(Authorization::Bearer(_)) => "bearer token",
+        };
+        let line = format!(
+            "{} {}://{}{}{} ({how})",
+            spec.method,
+            url.scheme(),
+            url_host_port(&url).unwrap_or_default(),
+            url.path(),
+            shown_query(&url)
+        );
+        let result = self.send_to_once(client, url, op, spec, auth).await;
+        self.trace(|| match &result {
+            Ok(resp) => format!("{line} -> {}", resp.status()),
+            Err(SendError::Http(e)) if e.is_connect() => format!("{line} -> cannot connect"),
+            Err(_) => format!("{line} -> failed"),
+        });
+        result
+    }
+
+    async fn send_to_once(
         &self,
         client: &reqwest::Client,
         url: Url,
@@ -523,20 +593,6 @@ impl RegistryClient {
             }));
         }
         let host = url_host_port(&url).unwrap_or_default();
-        self.trace(|| {
-            let how = match auth {
-                None => "anonymous",
-                Some(Authorization::Basic(_)) => "basic auth",
-                Some(Authorization::Bearer(_)) => "bearer token",
-            };
-            // Never the query: upload and storage URLs carry signatures there.
-            format!(
-                "{} {}://{host}{} ({how})",
-                spec.method,
-                url.scheme(),
-                url.path()
-            )
-        });
         let mut rb = client
             .request(spec.method.clone(), url)
             .headers(spec.headers.clone());
@@ -658,6 +714,23 @@ mod artifact_registry_tests {
     }
 }
 
+/// A URL's query for `-v`: the values of `mount`, `from` and `digest` (digests and repository
+/// names), every other value elided — upload locations carry state and signatures there.
+fn shown_query(url: &Url) -> String {
+    let parts: Vec<String> = url
+        .query_pairs()
+        .map(|(k, v)| match k.as_ref() {
+            "mount" | "from" | "digest" => format!("{k}={v}"),
+            _ => format!("{k}=…"),
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
 /// reqwest errors print their URL; an upload or storage URL may carry a signature in its query,
 /// so such URLs are dropped from errors we keep (the operation already names the subject).
 pub(crate) fn scrub(e: reqwest::Error) -> reqwest::Error {
@@ -757,6 +830,19 @@ mod tests {
                 .as_str(),
             "https://storage.example/up?sig=1"
         );
+    }
+
+    #[test]
+    fn shown_query_keeps_digests_and_hides_state() {
+        let u = Url::parse(
+            "http://h/v2/a/blobs/uploads/?mount=sha256:ab&from=library/python&_state=SECRET",
+        )
+        .unwrap();
+        assert_eq!(
+            shown_query(&u),
+            "?mount=sha256:ab&from=library/python&_state=…"
+        );
+        assert_eq!(shown_query(&Url::parse("http://h/v2/").unwrap()), "");
     }
 
     #[test]

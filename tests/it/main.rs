@@ -9,3 +9,4 @@ mod lock;
 mod registry_client;
 mod repro;
 mod support;
+mod token_auth;

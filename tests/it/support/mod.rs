@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+
+pub mod token_server;
 use sha2::{Digest, Sha256};
 
 /// The tag of the base image in the fixture layout (`oci:LAYOUT:3.9-slim`).
