@@ -252,6 +252,8 @@ pub enum CredentialSource {
     DockerConfig(PathBuf),
     /// An `auths` entry of containers' auth.json (`REGISTRY_AUTH_FILE`, podman, skopeo).
     AuthFile(PathBuf),
+    /// A Google access token (Artifact Registry, Container Registry), described by its source.
+    Google(String),
 }
 
 impl fmt::Display for CredentialSource {
@@ -276,6 +278,7 @@ impl fmt::Display for CredentialSource {
             CredentialSource::DockerConfig(p) | CredentialSource::AuthFile(p) => {
                 write!(f, "{}", p.display())
             }
+            CredentialSource::Google(source) => f.write_str(source),
         }
     }
 }
@@ -298,7 +301,8 @@ enum Resolution {
         source: CredentialSource,
     },
     Failed(HelperError),
-    Nothing,
+    /// No source had credentials; for Google registries, what each Google source said.
+    Nothing(Vec<String>),
 }
 
 /// Runs `docker-credential-NAME get` for a server URL: `Ok(None)` when the helper has nothing
@@ -316,7 +320,7 @@ type HelperRunner =
 /// Keys are normalized ([`normalize_registry_key`]). Each registry is resolved once and the
 /// answer kept for the life of the process. A helper that fails gives no credentials, and
 /// [`DockerConfig::auth_hint`] says why.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DockerConfig {
     /// The file they came from (for messages); `None` when there was no file.
     pub path: Option<PathBuf>,
@@ -326,9 +330,26 @@ pub struct DockerConfig {
     /// containers' auth.json files that exist, in the order they are consulted.
     auth_files: Vec<AuthFile>,
     runner: Option<HelperRunner>,
+    /// Whether Google registries may get a Google access token (off in unit tests).
+    google: bool,
     /// Answers are leaked so `lookup` can lend them out: one small value per registry a process
     /// talks to, kept until it exits, like the cache they form.
     resolved: Arc<Mutex<HashMap<String, &'static Resolution>>>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            path: None,
+            entries: BTreeMap::new(),
+            helpers: BTreeMap::new(),
+            creds_store: None,
+            auth_files: Vec::new(),
+            runner: None,
+            google: true,
+            resolved: Arc::default(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -503,7 +524,7 @@ impl DockerConfig {
     pub fn lookup(&self, registry: &str) -> Option<&Credentials> {
         match self.resolve(registry) {
             Resolution::Found { creds, .. } => Some(creds),
-            Resolution::Failed(_) | Resolution::Nothing => None,
+            Resolution::Failed(_) | Resolution::Nothing(_) => None,
         }
     }
 
@@ -511,7 +532,7 @@ impl DockerConfig {
     pub fn source(&self, registry: &str) -> Option<&CredentialSource> {
         match self.resolve(registry) {
             Resolution::Found { source, .. } => Some(source),
-            Resolution::Failed(_) | Resolution::Nothing => None,
+            Resolution::Failed(_) | Resolution::Nothing(_) => None,
         }
     }
 
@@ -519,7 +540,7 @@ impl DockerConfig {
     pub fn helper_error(&self, registry: &str) -> Option<&HelperError> {
         match self.resolve(registry) {
             Resolution::Failed(e) => Some(e),
-            Resolution::Found { .. } | Resolution::Nothing => None,
+            Resolution::Found { .. } | Resolution::Nothing(_) => None,
         }
     }
 
@@ -538,13 +559,13 @@ impl DockerConfig {
         match self.resolve(registry) {
             Resolution::Found { source, .. } => {
                 let from = match source {
-                    CredentialSource::Helper { .. } => "from",
+                    CredentialSource::Helper { .. } | CredentialSource::Google(_) => "from",
                     CredentialSource::DockerConfig(_) | CredentialSource::AuthFile(_) => "in",
                 };
                 format!("check the credentials for {registry} {from} {source}")
             }
             Resolution::Failed(e) => e.to_string(),
-            Resolution::Nothing => {
+            Resolution::Nothing(google) => {
                 let mut files: Vec<String> = self
                     .path
                     .iter()
@@ -554,7 +575,12 @@ impl DockerConfig {
                 if files.is_empty() {
                     files.push("the Docker config file (none found)".into());
                 }
-                format!("no credentials for {registry} in {}", files.join(" or "))
+                let mut hint = format!("no credentials for {registry} in {}", files.join(" or "));
+                for g in google {
+                    hint.push_str("; ");
+                    hint.push_str(g);
+                }
+                hint
             }
         }
     }
@@ -614,7 +640,16 @@ impl DockerConfig {
                 };
             }
         }
-        Resolution::Nothing
+        if self.google && super::google::is_google_registry(key) {
+            return match block_on(super::google::access_token()) {
+                Ok(t) => Resolution::Found {
+                    creds: Credentials::new(super::google::ACCESS_TOKEN_USER, t.token),
+                    source: CredentialSource::Google(t.source),
+                },
+                Err(problems) => Resolution::Nothing(problems),
+            };
+        }
+        Resolution::Nothing(Vec::new())
     }
 
     fn run_helper(&self, helper: &str, key: &str) -> Result<Option<Credentials>, String> {
@@ -646,6 +681,21 @@ impl DockerConfig {
     ) -> Self {
         self.runner = Some(Arc::new(run));
         self
+    }
+}
+
+/// Run `f` to completion from synchronous code: on the current multi-threaded runtime without
+/// stalling its other tasks, else on a runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(f))
+        }
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(f),
     }
 }
 
@@ -1264,6 +1314,19 @@ mod tests {
             err,
             "docker-credential-vxbuild-test-no-such-helper is not on PATH"
         );
+    }
+
+    #[test]
+    fn json_key_credentials_keep_the_whole_key_as_password() {
+        // Artifact Registry's `_json_key`: the password is a JSON document full of colons.
+        let key = r#"{"type":"service_account","private_key":"-----BEGIN…:x"}"#;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("_json_key:{key}"));
+        let cfg = DockerConfig::from_str_for_test(&format!(
+            r#"{{"auths": {{"us-docker.pkg.dev": {{"auth": "{b64}"}}}}}}"#
+        ))
+        .unwrap();
+        let c = cfg.lookup("us-docker.pkg.dev").unwrap();
+        assert_eq!((c.username.as_str(), c.password()), ("_json_key", key));
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub enum RegistryError {
         problem: String,
     },
 
+    #[error("{name} is invalid: {problem}")]
+    Setting { name: &'static str, problem: String },
+
     #[error("failed to read the Docker config file {}", path.display())]
     DockerConfig {
         path: PathBuf,

@@ -20,6 +20,7 @@
 
 mod auth;
 mod error;
+mod google;
 mod retry;
 mod tls;
 mod transport;
@@ -109,7 +110,7 @@ impl Clients {
             let b = if verify {
                 trust.builder(extra_roots)
             } else {
-                reqwest::Client::builder().tls_danger_accept_invalid_certs(true)
+                trust.plain_builder().tls_danger_accept_invalid_certs(true)
             };
             let b = b
                 .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))

@@ -34,6 +34,8 @@ pub(crate) struct Trust {
     roots: Vec<Certificate>,
     /// The certs.d folders, in the order they are consulted.
     certs_d: Vec<PathBuf>,
+    /// `VXBUILD_RESOLVE` host-to-address overrides.
+    resolve: Vec<(String, std::net::IpAddr)>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -82,7 +84,18 @@ impl Trust {
         }
         certs_d.push(PathBuf::from("/etc/containers/certs.d"));
         certs_d.push(PathBuf::from("/etc/docker/certs.d"));
-        Ok(Trust { roots, certs_d })
+        let resolve = match std::env::var("VXBUILD_RESOLVE") {
+            Ok(v) => parse_resolve(&v).map_err(|problem| RegistryError::Setting {
+                name: "VXBUILD_RESOLVE",
+                problem,
+            })?,
+            Err(_) => Vec::new(),
+        };
+        Ok(Trust {
+            roots,
+            certs_d,
+            resolve,
+        })
     }
 
     /// The CA certificates configured for `host` (`HOST[:PORT]` as in the reference) in the
@@ -114,7 +127,7 @@ impl Trust {
 
     /// A client builder verifying against these roots plus `extra`.
     pub(crate) fn builder(&self, extra: &[Certificate]) -> reqwest::ClientBuilder {
-        let b = reqwest::Client::builder();
+        let b = self.plain_builder();
         if self.roots.is_empty() {
             b.tls_certs_merge(extra.iter().cloned())
         } else {
@@ -122,13 +135,44 @@ impl Trust {
         }
     }
 
+    /// A client builder with the host overrides and no trust settings.
+    pub(crate) fn plain_builder(&self) -> reqwest::ClientBuilder {
+        let mut b = reqwest::Client::builder();
+        for (host, ip) in &self.resolve {
+            // The port comes from the URL.
+            b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
+        }
+        b
+    }
+
     #[cfg(test)]
     pub(crate) fn with_certs_d(certs_d: Vec<PathBuf>) -> Trust {
         Trust {
             roots: Vec::new(),
             certs_d,
+            resolve: Vec::new(),
         }
     }
+}
+
+/// `VXBUILD_RESOLVE=HOST=IP[,HOST=IP…]`: connect to IP whenever a registry or token URL names
+/// HOST, as curl's `--resolve` does (a registry reached before its DNS exists; the tests use it
+/// to serve `*-docker.pkg.dev` from this machine). TLS still verifies the certificate for HOST.
+fn parse_resolve(v: &str) -> Result<Vec<(String, std::net::IpAddr)>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (host, ip) = e
+                .split_once('=')
+                .ok_or_else(|| format!("{e:?} is not HOST=IP"))?;
+            let ip = ip
+                .trim()
+                .parse()
+                .map_err(|_| format!("{ip:?} in {e:?} is not an IP address"))?;
+            Ok((host.trim().to_ascii_lowercase(), ip))
+        })
+        .collect()
 }
 
 /// The regular files of `dir`, sorted by name (so the order never depends on the filesystem).
@@ -203,6 +247,19 @@ mod tests {
                 && err.contains(&b.join("reg.example:5000/ca.crt").display().to_string())
                 && err.contains("no PEM certificate"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn resolve_overrides_parse_and_name_bad_entries() {
+        let r = parse_resolve("Us-Docker.pkg.dev=127.0.0.1, gcr.io=::1").unwrap();
+        assert_eq!(r[0].0, "us-docker.pkg.dev");
+        assert_eq!(r[1].1.to_string(), "::1");
+        assert!(parse_resolve("a.example").unwrap_err().contains("HOST=IP"));
+        assert!(
+            parse_resolve("a.example=nope")
+                .unwrap_err()
+                .contains("\"nope\"")
         );
     }
 

@@ -270,11 +270,15 @@ impl RegistryClient {
         refresh: bool,
     ) -> Result<Option<Authorization>, RegistryError> {
         if ch.is_basic() {
-            return Ok(self
-                .config
-                .lookup(ep.registry)
-                .cloned()
-                .map(Authorization::Basic));
+            let creds = self.config.lookup(ep.registry).cloned();
+            self.trace(|| match self.config.source(ep.registry) {
+                Some(source) => format!(
+                    "basic auth for {} with credentials from {source}",
+                    ep.registry
+                ),
+                None => format!("basic auth asked by {}, no credentials", ep.registry),
+            });
+            return Ok(creds.map(Authorization::Basic));
         }
         let key = (ep.host.to_string(), scopes.key());
         let cached = || {

@@ -5,6 +5,7 @@ mod credentials;
 mod faults;
 mod fixture_selftest;
 mod golden;
+mod google;
 mod lock;
 mod registry_client;
 mod repro;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+pub mod stub;
 pub mod token_server;
 use sha2::{Digest, Sha256};
 
