@@ -405,6 +405,9 @@ struct HelperAnswer {
     secret: String,
 }
 
+/// How long a credential helper may take to answer.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The username with which helpers and config files mark the secret as an identity token.
 pub const IDENTITY_TOKEN_USER: &str = "<token>";
 
@@ -722,10 +725,17 @@ fn helper_server_url(key: &str) -> String {
 /// `docker-credential-NAME get`, `url` on stdin. `Ok(None)` when the helper has no credentials
 /// for it ("credentials not found", docker's convention). Errors never quote stdout.
 fn run_credential_helper(helper: &str, url: &str) -> Result<Option<Credentials>, String> {
+    run_helper_program(&format!("docker-credential-{helper}"), url, HELPER_TIMEOUT)
+}
+
+fn run_helper_program(
+    program: &str,
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<Credentials>, String> {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    let program = format!("docker-credential-{helper}");
-    let mut child = Command::new(&program)
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -738,6 +748,26 @@ fn run_credential_helper(helper: &str, url: &str) -> Result<Option<Credentials>,
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading stdin is judged by its exit status below.
         let _ = stdin.write_all(url.as_bytes());
+    }
+    // A helper waiting for a prompt nobody answers (a locked keychain in CI) must not hang the
+    // build: its answer is a few hundred bytes, so polling cannot fill its pipes.
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program} gave no answer within {} s",
+                    timeout.as_secs_f32()
+                ));
+            }
+            Err(e) => return Err(format!("could not wait for {program}: {e}")),
+        }
     }
     let out = child
         .wait_with_output()
@@ -1314,6 +1344,24 @@ mod tests {
             err,
             "docker-credential-vxbuild-test-no-such-helper is not on PATH"
         );
+    }
+
+    #[test]
+    fn a_helper_that_never_answers_is_stopped() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let helper = tmp.path().join("docker-credential-sleepy");
+        std::fs::write(&helper, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        let err = run_helper_program(
+            helper.to_str().unwrap(),
+            "reg.example",
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(err.contains("gave no answer within 0.3 s"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

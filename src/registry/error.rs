@@ -233,6 +233,15 @@ pub enum RegistryError {
         attempts: u32,
     },
 
+    /// The credential helper configured for the registry failed: like docker, stop rather than
+    /// go on anonymously.
+    #[error("failed to {op}")]
+    CredentialHelper {
+        op: Box<Operation>,
+        #[source]
+        source: super::auth::HelperError,
+    },
+
     #[error("failed to {op}: refusing to send credentials to {host} over plain HTTP")]
     InsecureCredentials { op: Box<Operation>, host: String },
 

@@ -269,6 +269,13 @@ impl RegistryClient {
         ch: &Challenge,
         refresh: bool,
     ) -> Result<Option<Authorization>, RegistryError> {
+        // A configured helper that failed stops the build, as it does docker's.
+        if let Some(e) = self.config.helper_error(ep.registry) {
+            return Err(RegistryError::CredentialHelper {
+                op: op.clone().into(),
+                source: e.clone(),
+            });
+        }
         if ch.is_basic() {
             let creds = self.config.lookup(ep.registry).cloned();
             self.trace(|| match self.config.source(ep.registry) {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::build::{by_digest, digest_of, text, tiny_project, vx, vx_ok};
+use crate::build::{by_digest, digest_of, offline_build, text, tiny_project, vx, vx_ok};
 use crate::support::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -352,4 +352,136 @@ fn a_registry_that_is_down_fails_in_bounded_time_naming_the_host() {
         "{stderr}"
     );
     assert!(stderr.contains("after 5 attempts"), "{stderr}");
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the timing, for `--nocapture`
+fn a_registry_killed_mid_push_fails_cleanly_and_the_same_command_completes_after_restart() {
+    let mut reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    // 96 MB that does not compress, so the push lasts long enough to be cut.
+    let mut data = vec![0u8; 96 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    std::fs::write(project.join("weights.bin"), &data).unwrap();
+    drop(data);
+    let cache = tmp.path().join("cache");
+    // The digest these inputs give, from an OCI layout build.
+    let (expected, _) = offline_build(
+        &project,
+        &base,
+        &wheels,
+        &cache,
+        &tmp.path().join("layout"),
+        &["--max-file-size", "1GB"],
+    );
+    let image = format!("{}/x/killed:v1", reg.host());
+    let args = [
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--max-file-size",
+        "1GB",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--image",
+        &image,
+        "--push",
+    ];
+
+    // Kill the registry as soon as the first upload to x/killed starts.
+    let uploads = reg
+        .storage
+        .path()
+        .join("docker/registry/v2/repositories/x/killed/_uploads");
+    let child = vxbuild()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !uploads.is_dir() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no upload started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    reg.kill();
+    let killed_at = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = killed_at.elapsed();
+    let stderr = text(&out.stderr);
+    eprintln!("failed {took:?} after the kill: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    assert!(stderr.contains(&reg.host()), "{stderr}");
+
+    // Nothing under the tag: the manifest goes last.
+    reg.restart();
+    let tagged = std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", &format!("docker://{image}")])
+        .output()
+        .unwrap();
+    assert!(!tagged.status.success(), "the tag exists after a failed push");
+
+    // The same command completes, with the digest the inputs give.
+    let (pushed, _) = vx_ok(&args);
+    assert_eq!(digest_of(&pushed), digest_of(&expected));
+    let out_dir = tmp.path().join("pulled");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", by_digest(&pushed)),
+        &format!("oci:{}:v1", out_dir.display()),
+    ]);
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the timing, for `--nocapture`
+fn a_registry_that_accepts_but_never_answers_ends_the_build_within_two_minutes() {
+    // Accepts every connection and holds it open, silent.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let started = Instant::now();
+    let out = vx(&[
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        &format!("{host}/library/python:3.9-slim"),
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--output",
+        &format!("oci:{}", tmp.path().join("layout").display()),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ]);
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    eprintln!("failed after {took:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    assert!(stderr.contains(&host), "{stderr}");
+    assert!(!held.lock().unwrap().is_empty(), "vxbuild never connected");
+    assert!(!tmp.path().join("layout/index.json").exists());
 }

@@ -112,7 +112,30 @@ impl Registry {
         reg
     }
 
-    /// What the registry logged (level info: requests refused and why).
+    /// Kill the registry process (SIGKILL: no chance to tidy up), keeping its storage.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the registry again on the same address, config and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._config.path().join("registry.log"))
+            .unwrap();
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self._config.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("restart docker-registry");
+        self.wait_ready();
+    }
+
+    /// What the registry logged (level warn: requests refused and why).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._config.path().join("registry.log")).unwrap_or_default()
     }
