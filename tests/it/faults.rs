@@ -7,7 +7,8 @@
 //! - connection 1 is closed at once, connection 3 gets a canned 503 (both among the first HEADs);
 //! - the first upload to pass 3 MB (a layer) is cut there, upstream;
 //! - the answer to the first blob commit is cut inside its status line, downstream: the blob
-//!   landed, the client never hears so, and must find out with a HEAD instead of uploading again.
+//!   landed, the client never hears so, and must find out with a HEAD instead of uploading again;
+//! - the first response to pass 2 MB downstream (a base layer being pulled) is cut there.
 //!
 //! Four faults in all, one fewer than the tries an operation gets: no operation can fail five
 //! times, so the push must succeed however the faults fall.
@@ -44,6 +45,9 @@ fn plan(n: usize) -> Fault {
 const UPLOAD_CUT: usize = 3 << 20;
 /// Where the one downstream cut falls: inside the status line answering the first blob commit.
 const RESPONSE_CUT: usize = 12;
+/// Where the one download cut falls: inside the first response body that gets this far (a
+/// base layer being pulled).
+const DOWNLOAD_CUT: usize = 2 << 20;
 
 #[derive(Default)]
 struct Stats {
@@ -53,7 +57,9 @@ struct Stats {
     /// Whether the upload cut and the commit-response cut are still to come.
     upload_cut_armed: AtomicBool,
     commit_cut_armed: AtomicBool,
+    download_cut_armed: AtomicBool,
     cut_up: AtomicUsize,
+    cut_download: AtomicUsize,
     cut_down: AtomicUsize,
     /// The blob whose commit response was cut.
     cut_commit: Mutex<Option<String>>,
@@ -81,6 +87,7 @@ impl FaultProxy {
         let stats = Arc::new(Stats::default());
         stats.upload_cut_armed.store(true, Ordering::SeqCst);
         stats.commit_cut_armed.store(true, Ordering::SeqCst);
+        stats.download_cut_armed.store(true, Ordering::SeqCst);
         let st = stats.clone();
         std::thread::spawn(move || {
             for (n, client) in listener.incoming().enumerate() {
@@ -216,6 +223,15 @@ fn pump(
         {
             let _ = to.write_all(&buf[..UPLOAD_CUT - sent]);
             return cut(&from, &to);
+        }
+        if !upstream
+            && sent + k >= DOWNLOAD_CUT
+            && st.download_cut_armed.swap(false, Ordering::SeqCst)
+        {
+            let _ = to.write_all(&buf[..DOWNLOAD_CUT.saturating_sub(sent).min(k)]);
+            st.cut_download.fetch_add(1, Ordering::SeqCst);
+            cut(&from, &to);
+            return false;
         }
         if !upstream && sent == 0 {
             if cut_response.load(Ordering::SeqCst) {
@@ -484,4 +500,45 @@ fn a_registry_that_accepts_but_never_answers_ends_the_build_within_two_minutes()
     assert!(stderr.contains(&host), "{stderr}");
     assert!(!held.lock().unwrap().is_empty(), "vxbuild never connected");
     assert!(!tmp.path().join("layout/index.json").exists());
+}
+
+#[test]
+fn a_base_pull_cut_mid_download_starts_over_and_lands_the_same_image() {
+    let reg = Registry::start();
+    reg.push_base();
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", reg.port()).parse().unwrap());
+    // The base through the proxy for both builds (its name is in the image's annotations).
+    let base = format!("{}/{BASE_REPOSITORY}:{BASE_TAG}", proxy.host());
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    // Each with an empty cache, so the base's layers are downloaded through the proxy.
+    let (first, _) = offline_build(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("cache1"),
+        &tmp.path().join("layout1"),
+        &["--no-lock"],
+    );
+    assert_eq!(
+        proxy.stats.cut_download.load(Ordering::SeqCst),
+        1,
+        "{}",
+        proxy.summary()
+    );
+    let (second, _) = offline_build(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("cache2"),
+        &tmp.path().join("layout2"),
+        &["--no-lock"],
+    );
+    assert_eq!(digest_of(&first), digest_of(&second));
+    // The layout built through the cut holds every blob whole: skopeo verifies as it copies.
+    skopeo(&[
+        "copy",
+        &format!("oci:{}", tmp.path().join("layout1").display()),
+        &format!("oci:{}:copy", tmp.path().join("copied").display()),
+    ]);
 }
