@@ -315,11 +315,12 @@ type HelperRunner =
 ///    get` with the server URL on stdin (a helper with nothing for the registry passes);
 /// 2. `auths[registry]` in config.json (`auth` = base64 `USER:PASSWORD`, or `identitytoken`);
 /// 3. `auths[registry]` in containers' auth.json: `$REGISTRY_AUTH_FILE`, else
-///    `$XDG_RUNTIME_DIR/containers/auth.json` then `~/.config/containers/auth.json`.
+///    `$XDG_RUNTIME_DIR/containers/auth.json` then `~/.config/containers/auth.json`;
+/// 4. for Google registries, an access token from [`super::google`].
 ///
 /// Keys are normalized ([`normalize_registry_key`]). Each registry is resolved once and the
-/// answer kept for the life of the process. A helper that fails gives no credentials, and
-/// [`DockerConfig::auth_hint`] says why.
+/// answer kept for the life of the process. A helper that fails gives no credentials; the
+/// transport stops on it ([`DockerConfig::helper_error`]) and [`DockerConfig::auth_hint`] says why.
 #[derive(Clone)]
 pub struct DockerConfig {
     /// The file they came from (for messages); `None` when there was no file.

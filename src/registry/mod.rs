@@ -1,11 +1,12 @@
 //! The OCI distribution client: manifests and blobs, in and out, one instance per build.
 //!
-//! - Scheme: HTTPS, verified against the system's trust roots. Hosts in
+//! - Scheme: HTTPS, verified against the system's trust roots plus `SSL_CERT_FILE` and the
+//!   host's certs.d folder ([`tls`]). Hosts in
 //!   [`ClientOptions::insecure_registries`] and loopback hosts (as docker allows) get HTTPS without
 //!   verification first and plain HTTP if that cannot connect; the choice is remembered per host.
-//! - Auth: a 401's `WWW-Authenticate` is answered once: Bearer with a token from the realm (with
-//!   Basic credentials from Docker's config.json when there are some, else anonymously), Basic with
-//!   those credentials. Tokens are cached per (host, scope). Secrets never go over plain HTTP to
+//! - Auth: a 401's `WWW-Authenticate` is answered once: Bearer with a token from the realm (GET
+//!   with Basic credentials when there are some, else anonymously; an identity token is exchanged
+//!   with the OAuth2 POST), Basic with the credentials ([`auth`], [`google`]). Tokens are cached per (host, scope). Secrets never go over plain HTTP to
 //!   another machine, never to a host other than the registry (an upload location elsewhere, or a
 //!   redirect: reqwest drops `Authorization` when a redirect changes host, port or scheme), and
 //!   never into an error message or `Debug` output.

@@ -446,10 +446,17 @@ fn a_registry_killed_mid_push_fails_cleanly_and_the_same_command_completes_after
     // Nothing under the tag: the manifest goes last.
     reg.restart();
     let tagged = std::process::Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", &format!("docker://{image}")])
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ])
         .output()
         .unwrap();
-    assert!(!tagged.status.success(), "the tag exists after a failed push");
+    assert!(
+        !tagged.status.success(),
+        "the tag exists after a failed push"
+    );
 
     // The same command completes, with the digest the inputs give.
     let (pushed, _) = vx_ok(&args);
