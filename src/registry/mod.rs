@@ -1,15 +1,16 @@
 //! The OCI distribution client: manifests and blobs, in and out, one instance per build.
 //!
 //! - Scheme: HTTPS, verified against the system's trust roots plus `SSL_CERT_FILE` and the
-//!   host's certs.d folder ([`tls`]). Hosts in
-//!   [`ClientOptions::insecure_registries`] and loopback hosts (as docker allows) get HTTPS without
-//!   verification first and plain HTTP if that cannot connect; the choice is remembered per host.
+//!   host's certs.d folder (`tls`). Hosts in [`ClientOptions::insecure_registries`] and loopback
+//!   hosts (as docker allows) get HTTPS without verification first and plain HTTP if that cannot
+//!   connect; the choice is remembered per host.
 //! - Auth: a 401's `WWW-Authenticate` is answered once: Bearer with a token from the realm (GET
 //!   with Basic credentials when there are some, else anonymously; an identity token is exchanged
-//!   with the OAuth2 POST), Basic with the credentials ([`auth`], [`google`]). Tokens are cached per (host, scope). Secrets never go over plain HTTP to
-//!   another machine, never to a host other than the registry (an upload location elsewhere, or a
-//!   redirect: reqwest drops `Authorization` when a redirect changes host, port or scheme), and
-//!   never into an error message or `Debug` output.
+//!   with the OAuth2 POST), Basic with the credentials (`auth`, `google`). Tokens are cached per
+//!   (host, scope). Secrets never go over plain HTTP to another machine, never to a host other
+//!   than the registry (an upload location elsewhere, or a redirect: reqwest drops
+//!   `Authorization` when a redirect changes host, port or scheme), and never into an error
+//!   message or `Debug` output.
 //! - Streaming: blobs are hashed while they download into the cache and committed only if digest
 //!   and size match; uploads stream the file as one monolithic PUT.
 //! - Requests are data ([`transport::RequestSpec`]) sent through one function.
