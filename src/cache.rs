@@ -6,6 +6,9 @@
 //! rootfs-v1/<manifest hex>/     unpacked base root filesystems, complete when `.complete` exists
 //! wheels-v1/<sha256>/<file>     wheels by their sha256, under their own file name
 //! pip-v1/<sha256>/<file>        bootstrap pip wheels
+//! layers-v1/<key hex>.json      layer index: the blob a layer's inputs gave (see `deps`)
+//! probe-v1/<manifest hex>.json  what a base's python said about itself
+//! pushed-v1/<key hex>.json      blobs known to be in a registry repository
 //! tmp/                          scratch space for atomic writes (same filesystem as the buckets)
 //! ```
 //! Every write goes to a temp file under `tmp/` and is renamed into place; entries are verified by
@@ -46,7 +49,16 @@ impl Cache {
     /// Open (creating if needed) a cache rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
-        for sub in ["blobs-v1/sha256", "rootfs-v1", "wheels-v1", "pip-v1", "tmp"] {
+        for sub in [
+            "blobs-v1/sha256",
+            "rootfs-v1",
+            "wheels-v1",
+            "pip-v1",
+            "layers-v1",
+            "probe-v1",
+            "pushed-v1",
+            "tmp",
+        ] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|source| CacheError::Create {
                 path: p.clone(),
@@ -213,6 +225,46 @@ impl Cache {
 
     pub fn pip_wheel_path(&self, sha256: &Digest, filename: &str) -> PathBuf {
         self.root.join("pip-v1").join(sha256.hex()).join(filename)
+    }
+
+    /// A small JSON record of `bucket` (`layers-v1`, `probe-v1`, `pushed-v1`) under `key`; `None`
+    /// when absent or unreadable (a record is only ever a shortcut, never the truth).
+    pub fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        bucket: &str,
+        key: &Digest,
+    ) -> Option<T> {
+        let bytes = fs::read(self.record_path(bucket, key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Write a record atomically. Failing to write one only costs a later build some work, so the
+    /// error is returned for the caller to log, never to stop a build.
+    pub fn put_record<T: serde::Serialize>(
+        &self,
+        bucket: &str,
+        key: &Digest,
+        value: &T,
+    ) -> Result<(), CacheError> {
+        let path = self.record_path(bucket, key);
+        let what = path.display().to_string();
+        let bytes = serde_json::to_vec(value).map_err(|e| CacheError::Write {
+            what: what.clone(),
+            source: io::Error::other(e),
+        })?;
+        let mut tmp = self.tempfile().map_err(|source| CacheError::Write {
+            what: what.clone(),
+            source,
+        })?;
+        tmp.write_all(&bytes).map_err(|source| CacheError::Write {
+            what: what.clone(),
+            source,
+        })?;
+        self.persist(tmp, &path, &what)
+    }
+
+    fn record_path(&self, bucket: &str, key: &Digest) -> PathBuf {
+        self.root.join(bucket).join(format!("{}.json", key.hex()))
     }
 
     /// Atomically place a finished temp file at `dest` (a path inside this cache).

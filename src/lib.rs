@@ -12,6 +12,7 @@
 pub mod base;
 pub mod cache;
 pub mod cli;
+pub mod deps;
 pub mod digest;
 pub mod image;
 pub mod layer;
@@ -27,15 +28,13 @@ pub mod sandbox;
 pub mod source;
 pub mod unpack;
 
-use std::path::Path;
-
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::image::{BuiltImage, Contract, NewLayer};
 use crate::layer::{EntryKind, LayerBlob, LayerEntry, LayerOptions};
 use crate::oci::Descriptor;
 use crate::plan::{BuildPlan, LocalOutput};
-use crate::python::{PinnedWheel, PipRunner};
+use crate::python::PinnedWheel;
 use crate::registry::{ClientOptions, RegistryClient};
 use crate::report::Reporter;
 use crate::source::LeftOut;
@@ -170,20 +169,18 @@ pub async fn build(
             }
             None => None,
         };
-        let (layer, pinned) =
-            install_dependencies(plan, &cache, &base, &rootfs, locked, reporter).await?;
+        let root = rootfs.clone();
+        let (layers, pinned) = deps::dependency_layers(
+            plan,
+            &cache,
+            &base,
+            locked,
+            || async move { Ok(root) },
+            reporter,
+        )
+        .await?;
+        new_layers.extend(layers);
         wheels = pinned;
-        if let Some(layer) = layer {
-            new_layers.push(NewLayer {
-                descriptor: Descriptor::new(layer.media_type, layer.digest.clone(), layer.size),
-                diff_id: layer.diff_id,
-                created_by: format!(
-                    "vxbuild: pip install {} wheel(s): {}",
-                    wheels.len(),
-                    wheel_summary(&wheels)
-                ),
-            });
-        }
     }
 
     // Stage 3: the application layer.
@@ -334,8 +331,23 @@ pub async fn lock(
         let rootfs = base::rootfs(&base, layer_paths, &cache, reporter)
             .await
             .map_err(base_err)?;
-        let env = python_env(plan, &cache, &base, &rootfs, reporter).await?;
-        wheels = env.resolve(plan, &cache, reporter).await?.wheels;
+        let env = deps::python_env(plan, &cache, &base, &rootfs, reporter).await?;
+        reporter.info(&format!(
+            "Resolving dependencies with Python {} ({})",
+            env.interp.version_string(),
+            env.interp.executable
+        ));
+        wheels = python::resolve(
+            &env.sandbox,
+            &env.interp,
+            &env.runner,
+            &plan.requirements,
+            &plan.pip,
+            &cache,
+        )
+        .await
+        .map_err(BuildError::Python)?
+        .wheels;
     }
     let new = lock_file_for(plan, &state.inputs, &base, &wheels);
     lock::write(&state.path, &new).map_err(BuildError::Lock)?;
@@ -379,142 +391,6 @@ async fn collect_sources(plan: &BuildPlan) -> Result<source::SourceSet, BuildErr
     Ok(set)
 }
 
-/// The base's python, ready to run pip in the sandbox.
-struct PythonEnv {
-    sandbox: sandbox::Sandbox,
-    interp: python::Interpreter,
-    runner: PipRunner,
-    http: reqwest::Client,
-}
-
-async fn python_env(
-    plan: &BuildPlan,
-    cache: &Cache,
-    base: &base::BaseImage,
-    rootfs: &Path,
-    reporter: &dyn Reporter,
-) -> Result<PythonEnv, BuildError> {
-    let py = BuildError::Python;
-    let sandbox = sandbox::Sandbox::new(rootfs).map_err(|e| py(e.into()))?;
-    let interp = python::probe(&sandbox, &base.path_env())
-        .await
-        .map_err(py)?;
-    let http = http_client().map_err(|e| {
-        py(python::PythonError::Download {
-            url: "(client setup)".into(),
-            source: e,
-        })
-    })?;
-    let runner = if interp.has_usable_pip() {
-        PipRunner::Base
-    } else {
-        reporter.info(&format!(
-            "The base's Python has {}, which cannot write resolution reports; using a pip wheel for Python {}",
-            interp.pip_description(),
-            interp.version_string()
-        ));
-        python::bootstrap::bootstrap_pip(&interp, &plan.pip, cache, &http)
-            .await
-            .map_err(|e| py(e.into()))?
-    };
-    Ok(PythonEnv {
-        sandbox,
-        interp,
-        runner,
-        http,
-    })
-}
-
-impl PythonEnv {
-    async fn resolve(
-        &self,
-        plan: &BuildPlan,
-        cache: &Cache,
-        reporter: &dyn Reporter,
-    ) -> Result<python::Resolution, BuildError> {
-        reporter.info(&format!(
-            "Resolving dependencies with Python {} ({})",
-            self.interp.version_string(),
-            self.interp.executable
-        ));
-        python::resolve(
-            &self.sandbox,
-            &self.interp,
-            &self.runner,
-            &plan.requirements,
-            &plan.pip,
-            cache,
-        )
-        .await
-        .map_err(BuildError::Python)
-    }
-}
-
-async fn install_dependencies(
-    plan: &BuildPlan,
-    cache: &Cache,
-    base: &base::BaseImage,
-    rootfs: &Path,
-    locked: Option<python::Resolution>,
-    reporter: &dyn Reporter,
-) -> Result<(Option<LayerBlob>, Vec<PinnedWheel>), BuildError> {
-    let py = BuildError::Python;
-    let env = python_env(plan, cache, base, rootfs, reporter).await?;
-    let PythonEnv {
-        sandbox,
-        interp,
-        runner,
-        http,
-    } = &env;
-    let resolution = match locked {
-        Some(r) => r,
-        None => env.resolve(plan, cache, reporter).await?,
-    };
-    if resolution.wheels.is_empty() {
-        return Ok((None, Vec::new()));
-    }
-    let paths = python::fetch_wheels(&resolution, cache, http, plan.jobs, reporter)
-        .await
-        .map_err(py)?;
-    reporter.info(&format!("Installing {} wheel(s)", resolution.wheels.len()));
-    let scratch = cache.tempdir("install-").map_err(BuildError::Scratch)?;
-    let staging = scratch.path().join("staging");
-    std::fs::create_dir(&staging).map_err(BuildError::Scratch)?;
-    python::install(
-        sandbox,
-        interp,
-        runner,
-        &resolution,
-        &paths,
-        &staging,
-        scratch.path(),
-    )
-    .await
-    .map_err(py)?;
-    if plan.compile_bytecode {
-        reporter.info("Compiling the dependencies to bytecode");
-        python::compile_bytecode(sandbox, interp, &staging)
-            .await
-            .map_err(py)?;
-    }
-    let opts = LayerOptions {
-        mtime: plan.source_date_epoch,
-    };
-    let c = cache.clone();
-    let layer = tokio::task::spawn_blocking(move || {
-        let entries = layer::entries_from_tree(&staging, "")?;
-        layer::write_layer(entries, &opts, &c)
-    })
-    .await
-    .expect("layer task")
-    .map_err(|source| BuildError::Layer {
-        what: "dependencies",
-        source,
-    })?;
-    drop(scratch);
-    Ok((Some(layer), resolution.wheels))
-}
-
 async fn write_layer_blocking(
     entries: Vec<LayerEntry>,
     opts: LayerOptions,
@@ -523,20 +399,6 @@ async fn write_layer_blocking(
     tokio::task::spawn_blocking(move || layer::write_layer(entries, &opts, &cache))
         .await
         .expect("layer task")
-}
-
-fn wheel_summary(wheels: &[PinnedWheel]) -> String {
-    let names: Vec<String> = wheels
-        .iter()
-        .take(8)
-        .map(|w| format!("{}=={}", w.name, w.version))
-        .collect();
-    let more = wheels.len().saturating_sub(8);
-    if more > 0 {
-        format!("{} and {more} more", names.join(" "))
-    } else {
-        names.join(" ")
-    }
 }
 
 /// The HTTP client for package downloads: system trust roots, proxies from the environment.

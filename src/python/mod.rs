@@ -8,6 +8,7 @@
 
 pub mod bootstrap;
 pub mod requirements;
+pub mod split;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,8 @@ pub enum PythonError {
     Bootstrap(#[from] bootstrap::BootstrapError),
     #[error(transparent)]
     Requirement(#[from] requirements::RequirementError),
+    #[error("failed to split the installed files by distribution")]
+    Split(#[source] split::SplitError),
 }
 
 /// Where pip may look for packages, as the user configured it (flags or PIP_* variables).
@@ -149,7 +152,7 @@ impl Requirements {
 }
 
 /// The base image's interpreter, as it reports itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Interpreter {
     /// Path inside the image, e.g. /usr/local/bin/python3.9 (pip writes it into script shebangs).
     pub executable: String,

@@ -6,6 +6,7 @@ mod faults;
 mod fixture_selftest;
 mod golden;
 mod google;
+mod layers;
 mod lock;
 mod registry_client;
 mod repro;

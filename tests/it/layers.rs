@@ -1,0 +1,260 @@
+//! Issue 5: per-package layers and the layer cache. A code-only change runs no pip and reuses
+//! every dependency layer; bumping one dependency uploads that package's layer and nothing else
+//! of the dependencies; the layer set is the same however the cache stands.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+
+use crate::build::{digest_of, text, vx_ok};
+use crate::support::*;
+
+/// A project needing `big` (a wheel of ~2.7 MB of base64 random data: its layer cannot shrink
+/// much) and four small packages; `big` comes in versions 1.0 and 2.0.
+fn project_with_a_big_dependency(dir: &Path) -> (PathBuf, PathBuf) {
+    let wheels = dir.join("wheels");
+    std::fs::create_dir_all(&wheels).unwrap();
+    for version in ["1.0", "2.0"] {
+        let mut random = vec![0u8; 2 << 20];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .unwrap();
+        let blob = base64::engine::general_purpose::STANDARD.encode(&random);
+        make_wheel(
+            &wheels,
+            "bigmodel",
+            version,
+            &[
+                ("bigmodel/__init__.py", &format!("VERSION = '{version}'\n")),
+                ("bigmodel/weights.b64", &blob),
+            ],
+        );
+    }
+    for (name, dep) in [
+        ("alpha", ""),
+        ("bravo", "alpha"),
+        ("charlie", ""),
+        ("delta", ""),
+    ] {
+        let code = format!("NAME = '{name}'\n");
+        let module = format!("{name}/__init__.py");
+        let requires: Vec<&str> = if dep.is_empty() { vec![] } else { vec![dep] };
+        make_wheel_requiring(&wheels, name, "1.0", &[(&module, &code)], &requires);
+    }
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("train.py"),
+        "import bigmodel, bravo, charlie, delta\nprint('Training complete', bigmodel.VERSION)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("requirements.txt"),
+        "bigmodel==1.0\nbravo\ncharlie\ndelta\n",
+    )
+    .unwrap();
+    (project, wheels)
+}
+
+fn push_args(project: &Path, base: &str, wheels: &Path, cache: &Path, image: &str) -> Vec<String> {
+    [
+        "build",
+        project.to_str().unwrap(),
+        "--base-image",
+        base,
+        "--no-index",
+        "--find-links",
+        wheels.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--image",
+        image,
+        "--push",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn build(args: &[String]) -> (String, String) {
+    vx_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The layer digests of a pushed image, in order.
+fn layers(reference: &str) -> Vec<String> {
+    let m = skopeo_inspect_raw(&crate::build::by_digest(reference));
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every blob file in the registry's storage with its size.
+fn stored_blobs(reg: &Registry) -> BTreeMap<PathBuf, u64> {
+    let root = reg.storage.path().join("docker/registry/v2/blobs");
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "data") {
+                out.insert(p.clone(), e.metadata().unwrap().len());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let cache = tmp.path().join("cache");
+    let image = format!("{}/team/trainer:v1", reg.host());
+    let args = push_args(&project, &base, &wheels, &cache, &image);
+
+    let (first, stderr1) = build(&args);
+    assert!(stderr1.contains("Installing 5 wheel(s)"), "{stderr1}");
+    let before = layers(&first);
+
+    std::fs::write(
+        project.join("train.py"),
+        "import bigmodel, bravo, charlie, delta\nprint('Training complete, v2', bigmodel.VERSION)\n",
+    )
+    .unwrap();
+    let (second, stderr2) = build(&args);
+    // No resolution (the lock is fresh), no pip install: every dependency layer from the cache.
+    assert!(!stderr2.contains("Resolving dependencies"), "{stderr2}");
+    assert!(!stderr2.contains("Installing"), "{stderr2}");
+    assert!(
+        stderr2.contains("cached dependency layer(s) for 5 wheel(s)"),
+        "{stderr2}"
+    );
+    let after = layers(&second);
+    assert_ne!(digest_of(&first), digest_of(&second));
+    assert_eq!(before.len(), after.len());
+    // Only the application layer (the last) changed.
+    assert_eq!(before[..before.len() - 1], after[..after.len() - 1]);
+    assert_ne!(before.last(), after.last());
+
+    // And the image runs the new code.
+    let dir = tmp.path().join("pulled");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", crate::build::by_digest(&second)),
+        &format!("oci:{}:v1", dir.display()),
+    ]);
+    let rootfs = unpack_layout(&dir, "v1", &tmp.path().join("rootfs"));
+    let config = skopeo_inspect_config(&format!("oci:{}:v1", dir.display()));
+    let out = run_entrypoint(&rootfs, &config);
+    assert!(
+        text(&out.stdout).contains("Training complete, v2 1.0"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bumping_one_dependency_uploads_only_its_layer() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let cache = tmp.path().join("cache");
+    let image = format!("{}/team/trainer:v1", reg.host());
+    let args = push_args(&project, &base, &wheels, &cache, &image);
+
+    let (first, _) = build(&args);
+    let stored = stored_blobs(&reg);
+    let before = layers(&first);
+
+    std::fs::write(
+        project.join("requirements.txt"),
+        "bigmodel==2.0\nbravo\ncharlie\ndelta\n",
+    )
+    .unwrap();
+    let (second, stderr) = build(&args);
+    // Only the bumped wheel is installed.
+    assert!(stderr.contains("Installing 1 wheel(s)"), "{stderr}");
+    let new: BTreeMap<PathBuf, u64> = stored_blobs(&reg)
+        .into_iter()
+        .filter(|(p, _)| !stored.contains_key(p))
+        .collect();
+    let wheel = std::fs::metadata(wheels.join("bigmodel-2.0-py3-none-any.whl"))
+        .unwrap()
+        .len();
+    let uploaded: u64 = new.values().sum();
+    // The bumped layer, the application layer (requirements.txt changed), config and manifest.
+    assert_eq!(new.len(), 4, "{new:#?}");
+    assert!(
+        uploaded as f64 <= 1.1 * wheel as f64 + (1 << 20) as f64,
+        "uploaded {uploaded} bytes for a {wheel}-byte wheel"
+    );
+    let after = layers(&second);
+    let changed: Vec<usize> = (0..after.len())
+        .filter(|&i| before[i] != after[i])
+        .collect();
+    assert_eq!(changed.len(), 2, "{before:#?}\n{after:#?}");
+    assert_eq!(*changed.last().unwrap(), after.len() - 1);
+}
+
+#[test]
+fn the_layer_set_does_not_depend_on_the_cache() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let image = format!("{}/team/trainer:v1", reg.host());
+    // A cold cache, then a second cold cache with the lock the first build wrote, then warm.
+    let (a, _) = build(&push_args(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("c1"),
+        &image,
+    ));
+    let (b, _) = build(&push_args(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("c2"),
+        &image,
+    ));
+    let (c, _) = build(&push_args(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("c2"),
+        &image,
+    ));
+    assert_eq!(digest_of(&a), digest_of(&b));
+    assert_eq!(digest_of(&b), digest_of(&c));
+    // Base layers, then bigmodel alone, the four small packages shared, the application.
+    let base_layers = skopeo_inspect_raw(&base)["layers"]
+        .as_array()
+        .unwrap()
+        .len();
+    let l = layers(&a);
+    let deps = l.len() - base_layers - 1;
+    assert!((2..=5).contains(&deps), "{deps} dependency layers: {l:#?}");
+    let config = skopeo_inspect_config(&crate::build::by_digest(&a));
+    let history: Vec<String> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(String::from))
+        .filter(|h| h.starts_with("vxbuild: pip install"))
+        .collect();
+    assert!(
+        history.contains(&"vxbuild: pip install bigmodel==1.0".to_string()),
+        "{history:#?}"
+    );
+}
