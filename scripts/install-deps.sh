@@ -17,6 +17,7 @@ declare -A needs=(
     [update-ca-certificates]=ca-certificates
     [flock]=util-linux
     [htpasswd]=apache2-utils          # registries with basic auth
+    [curl]=curl                       # raw registry API calls in tests
     [openssl]=openssl                 # RSA service-account keys for the Google credential tests
     [strip]=binutils                  # the base fixture strips CPython like the official image
     [tar]=tar

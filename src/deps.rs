@@ -18,8 +18,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::BuildError;
 use crate::base::BaseImage;
 use crate::cache::Cache;
@@ -136,43 +134,6 @@ impl InstallScheme {
             ));
         }
         Digest::of(text.as_bytes())
-    }
-}
-
-/// A layer index record: what a key gave.
-#[derive(Serialize, Deserialize)]
-struct LayerRecord {
-    digest: String,
-    diff_id: String,
-    size: u64,
-    media_type: String,
-}
-
-impl LayerRecord {
-    fn of(b: &LayerBlob) -> Self {
-        LayerRecord {
-            digest: b.digest.to_string(),
-            diff_id: b.diff_id.to_string(),
-            size: b.size,
-            media_type: b.media_type.to_string(),
-        }
-    }
-
-    /// The blob, if the record is sound and the blob is still in the cache.
-    fn blob(&self, cache: &Cache) -> Option<LayerBlob> {
-        let digest: Digest = self.digest.parse().ok()?;
-        let diff_id: Digest = self.diff_id.parse().ok()?;
-        let media_type = [crate::oci::OCI_LAYER_GZIP]
-            .into_iter()
-            .find(|m| *m == self.media_type)?;
-        cache
-            .has_blob(&digest, Some(self.size))
-            .then_some(LayerBlob {
-                digest,
-                diff_id,
-                size: self.size,
-                media_type,
-            })
     }
 }
 
@@ -334,9 +295,7 @@ where
         for (g, members) in groups.iter().enumerate() {
             let ws: Vec<&PinnedWheel> = members.iter().map(|&i| &resolution.wheels[i]).collect();
             let key = scheme.layer_key(plan, &ws);
-            found[g] = cache
-                .get_record::<LayerRecord>("layers-v1", &key)
-                .and_then(|r| r.blob(cache));
+            found[g] = layer::cached(cache, &key);
             keys[g] = Some(key);
         }
     }
@@ -376,9 +335,7 @@ where
                 let key = keys[*g]
                     .clone()
                     .unwrap_or_else(|| scheme.layer_key(plan, &ws));
-                if let Err(e) = cache.put_record("layers-v1", &key, &LayerRecord::of(&blob)) {
-                    reporter.warn(&format!("could not record a layer in the cache: {e}"));
-                }
+                layer::remember(cache, &key, &blob, reporter);
             }
             found[*g] = Some(blob);
         }
@@ -433,6 +390,7 @@ async fn install_and_split(
             .collect(),
     };
     let subset_paths: Vec<std::path::PathBuf> = wanted.iter().map(|&i| paths[i].clone()).collect();
+    python::check_wheels(&subset_paths).await.map_err(py)?;
     reporter.info(&format!("Installing {} wheel(s)", subset.wheels.len()));
     let scratch = cache.tempdir("install-").map_err(BuildError::Scratch)?;
     let staging = scratch.path().join("staging");

@@ -114,6 +114,62 @@ pub enum LayerError {
     Cache(#[source] CacheError),
 }
 
+/// A layer index record (`layers-v1`): the blob a layer key gave.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LayerRecord {
+    digest: String,
+    diff_id: String,
+    size: u64,
+    media_type: String,
+}
+
+impl LayerRecord {
+    fn of(b: &LayerBlob) -> Self {
+        LayerRecord {
+            digest: b.digest.to_string(),
+            diff_id: b.diff_id.to_string(),
+            size: b.size,
+            media_type: b.media_type.to_string(),
+        }
+    }
+
+    /// The blob, if the record is sound and the blob is still in the cache.
+    fn blob(&self, cache: &Cache) -> Option<LayerBlob> {
+        let digest: Digest = self.digest.parse().ok()?;
+        let diff_id: Digest = self.diff_id.parse().ok()?;
+        let media_type = [oci::OCI_LAYER_GZIP]
+            .into_iter()
+            .find(|m| *m == self.media_type)?;
+        cache
+            .has_blob(&digest, Some(self.size))
+            .then_some(LayerBlob {
+                digest,
+                diff_id,
+                size: self.size,
+                media_type,
+            })
+    }
+}
+
+/// The layer an earlier build made from the inputs `key` stands for, if its blob is still cached.
+pub fn cached(cache: &Cache, key: &Digest) -> Option<LayerBlob> {
+    cache
+        .get_record::<LayerRecord>("layers-v1", key)
+        .and_then(|r| r.blob(cache))
+}
+
+/// Remember that `key`'s inputs gave `blob`. A failure costs a later build some work: a warning.
+pub fn remember(
+    cache: &Cache,
+    key: &Digest,
+    blob: &LayerBlob,
+    reporter: &dyn crate::report::Reporter,
+) {
+    if let Err(e) = cache.put_record("layers-v1", key, &LayerRecord::of(blob)) {
+        reporter.warn(&format!("could not record a layer in the cache: {e}"));
+    }
+}
+
 /// Write `entries` as a gzip-compressed tar layer into the cache, in one streaming pass.
 ///
 /// Entries are sorted by path (byte order), missing parent directories are added (mode 0o755),

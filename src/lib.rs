@@ -124,13 +124,15 @@ pub async fn build(
     }
 
     // Stage 1: the base.
-    let client = RegistryClient::new(ClientOptions {
-        insecure_registries: plan.insecure_registries.clone(),
-        docker_config: None,
-        max_concurrent: plan.jobs,
-        trace: trace.clone(),
-    })
-    .map_err(BuildError::Client)?;
+    let client = std::sync::Arc::new(
+        RegistryClient::new(ClientOptions {
+            insecure_registries: plan.insecure_registries.clone(),
+            docker_config: None,
+            max_concurrent: plan.jobs,
+            trace: trace.clone(),
+        })
+        .map_err(BuildError::Client)?,
+    );
     let base_err = |source| BuildError::Base {
         reference: plan.base.to_string(),
         source: Box::new(source),
@@ -147,6 +149,11 @@ pub async fn build(
     )
     .await
     .map_err(base_err)?;
+    let tag_watch = lock_state
+        .existing
+        .as_ref()
+        .and_then(|l| l.base_for(&plan.base.to_string(), &plan.platform.to_string()))
+        .and_then(|_| watch_base_tag(plan, &client, &base));
 
     // The base's root filesystem (unpacked once per base, cached): the sandbox's root, and what
     // tells whether /home must be created, as autopackaging's `mkdir -p /home` would.
@@ -200,12 +207,31 @@ pub async fn build(
         path: format!("usr/app/{}", e.path),
         ..e
     }));
-    let app = write_layer_blocking(entries, layer_opts, cache.clone())
-        .await
-        .map_err(|source| BuildError::Layer {
-            what: "application",
-            source,
-        })?;
+    // Keyed by what goes in: a build with the same files reuses the blob without reading them.
+    let app_key = Digest::of(
+        format!(
+            "vxbuild application layer v1 (tar, gzip 6)
+{}
+home {home_missing}
+mtime {}
+",
+            sources.content_hash, plan.source_date_epoch
+        )
+        .as_bytes(),
+    );
+    let app = match layer::cached(&cache, &app_key) {
+        Some(blob) => blob,
+        None => {
+            let blob = write_layer_blocking(entries, layer_opts, cache.clone())
+                .await
+                .map_err(|source| BuildError::Layer {
+                    what: "application",
+                    source,
+                })?;
+            layer::remember(&cache, &app_key, &blob, reporter);
+            blob
+        }
+    };
     new_layers.push(NewLayer {
         descriptor: Descriptor::new(app.media_type, app.digest.clone(), app.size),
         diff_id: app.diff_id,
@@ -269,6 +295,7 @@ pub async fn build(
         ),
     };
     lock_state.write_if_needed(plan, &base, &wheels, reporter)?;
+    report_base_tag(tag_watch, reporter).await;
     Ok(BuildOutcome {
         manifest_digest: image.manifest_digest.clone(),
         reference,
@@ -578,20 +605,48 @@ async fn resolve_base(
         cache,
     )
     .await?;
-    base.reference_digest = reference_digest.clone();
-    // A moved tag is worth a word, never a silent change; an unreachable registry is no error here.
-    let probe = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        client.get_manifest(&plan.base),
-    )
-    .await;
-    if let Ok(Ok(current)) = probe
-        && current.digest != reference_digest
-    {
-        reporter.warn(&format!(
-            "{} has moved to {} since vxbuild.lock was written; the build keeps {} — run `vxbuild lock --upgrade` to move",
-            plan.base, current.digest, reference_digest
-        ));
-    }
+    base.reference_digest = reference_digest;
     Ok(base)
+}
+
+/// Whether the base's tag has moved since the lock pinned it: asked in the background while the
+/// build goes on (a moved tag is worth a word, never a silent change), and only reported if the
+/// answer came before the build ended; an unreachable registry is no error here.
+fn watch_base_tag(
+    plan: &BuildPlan,
+    client: &std::sync::Arc<RegistryClient>,
+    base: &base::BaseImage,
+) -> Option<tokio::task::JoinHandle<Option<String>>> {
+    if plan.base.digest.is_some() {
+        return None;
+    }
+    let (client, tag, locked) = (
+        client.clone(),
+        plan.base.clone(),
+        base.reference_digest.clone(),
+    );
+    Some(tokio::spawn(async move {
+        let current = client.get_manifest(&tag).await.ok()?;
+        (current.digest != locked).then(|| {
+            format!(
+                "{tag} has moved to {} since vxbuild.lock was written; the build keeps {locked} — run `vxbuild lock --upgrade` to move",
+                current.digest
+            )
+        })
+    }))
+}
+
+/// The tag watcher's warning, if it answers by now or within a moment.
+async fn report_base_tag(
+    watch: Option<tokio::task::JoinHandle<Option<String>>>,
+    reporter: &dyn Reporter,
+) {
+    let Some(w) = watch else { return };
+    // A short grace for a registry a little slower than the build; never more.
+    let abort = w.abort_handle();
+    match tokio::time::timeout(std::time::Duration::from_millis(100), w).await {
+        Ok(Ok(Some(warning))) => reporter.warn(&warning),
+        Ok(_) => {}
+        Err(_) => abort.abort(),
+    }
 }

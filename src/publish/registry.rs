@@ -1,6 +1,14 @@
-//! Stage 5, to a registry: every blob HEADed first, base blobs mounted from the base's repository
-//! when it is on the same registry, the rest uploaded monolithically from the cache (a few at a
-//! time), the manifest last — so the tag never points at an image with missing blobs.
+//! Stage 5, to a registry: blobs the cache knows the repository has are not asked about; the
+//! others are HEADed, mounted from the base's repository (or any repository of the same registry
+//! the cache saw them pushed to), else uploaded monolithically from the cache (a few at a time);
+//! the manifest last — so the tag never points at an image with missing blobs.
+//!
+//! What a push left in a registry is remembered in the cache (`pushed-v1`, one record per
+//! registry). If the registry lost a blob since (garbage collection, a deleted repository), the
+//! manifest is refused; then the record is dropped and the push runs again asking about every
+//! blob.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -24,15 +32,50 @@ pub enum PushError {
 /// What a push did, for the report and for tests.
 #[derive(Debug, Default, Clone)]
 pub struct PushStats {
+    /// Known to be in the repository from an earlier push: not asked about.
+    pub known: Vec<Digest>,
     pub uploaded: Vec<Digest>,
     pub mounted: Vec<Digest>,
     pub existing: Vec<Digest>,
 }
 
 enum BlobOutcome {
+    Known(Digest),
     Existing(Digest),
     Mounted(Digest),
     Uploaded(Digest),
+}
+
+/// Blobs known to be in each repository of one registry (digests as strings, sorted).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Known {
+    repositories: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Known {
+    fn key(registry: &str) -> Digest {
+        Digest::of(format!("vxbuild pushed blobs v1\n{registry}").as_bytes())
+    }
+
+    fn load(cache: &Cache, registry: &str) -> Known {
+        cache
+            .get_record("pushed-v1", &Self::key(registry))
+            .unwrap_or_default()
+    }
+
+    fn has(&self, repository: &str, digest: &Digest) -> bool {
+        self.repositories
+            .get(repository)
+            .is_some_and(|s| s.contains(digest.as_str()))
+    }
+
+    /// Another repository the blob was seen in, to mount it from.
+    fn elsewhere(&self, repository: &str, digest: &Digest) -> Option<&str> {
+        self.repositories
+            .iter()
+            .find(|(r, s)| r.as_str() != repository && s.contains(digest.as_str()))
+            .map(|(r, _)| r.as_str())
+    }
 }
 
 /// Push the image to `target` (which carries the tag). Returns the target pinned by digest.
@@ -45,6 +88,49 @@ pub async fn push(
     jobs: usize,
     reporter: &dyn Reporter,
 ) -> Result<(Reference, PushStats), PushError> {
+    let mut known = Known::load(cache, &target.registry);
+    let trusted = known.repositories.contains_key(&target.repository);
+    let result = push_once(client, image, target, base, cache, jobs, reporter, &known).await;
+    let result = match result {
+        // The registry lost something the record promised: forget the record, ask about all.
+        Err(PushError::Registry(e))
+            if trusted
+                && e.status().is_some_and(|s| s.is_client_error())
+                && matches!(e, RegistryError::Status { .. }) =>
+        {
+            reporter.info(&format!(
+                "{} refused the manifest; checking every blob again",
+                target.registry
+            ));
+            known.repositories.remove(&target.repository);
+            push_once(client, image, target, base, cache, jobs, reporter, &known).await
+        }
+        r => r,
+    };
+    let stats = result?;
+    let entry = known
+        .repositories
+        .entry(target.repository.clone())
+        .or_default();
+    entry.extend(image.layers.iter().map(|d| d.digest.to_string()));
+    entry.insert(image.config_descriptor.digest.to_string());
+    if let Err(e) = cache.put_record("pushed-v1", &Known::key(&target.registry), &known) {
+        reporter.warn(&format!("could not record the push in the cache: {e}"));
+    }
+    Ok((target.with_digest(image.manifest_digest.clone()), stats))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_once(
+    client: &RegistryClient,
+    image: &BuiltImage,
+    target: &Reference,
+    base: &BaseImage,
+    cache: &Cache,
+    jobs: usize,
+    reporter: &dyn Reporter,
+    known: &Known,
+) -> Result<PushStats, PushError> {
     cache.put_blob_bytes(&image.config)?;
     let same_registry = base.pinned.registry == target.registry;
     let mut blobs: Vec<(Descriptor, bool)> = image
@@ -55,19 +141,24 @@ pub async fn push(
         .collect();
     blobs.push((image.config_descriptor.clone(), false));
     // The same blob can appear twice (an empty layer); push it once.
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     blobs.retain(|(d, _)| seen.insert(d.digest.clone()));
 
     let outcomes: Vec<BlobOutcome> = stream::iter(blobs)
         .map(|(desc, from_base)| async move {
-            if client.blob_exists(target, &desc.digest).await? {
-                return Ok::<_, PushError>(BlobOutcome::Existing(desc.digest));
+            if known.has(&target.repository, &desc.digest) {
+                return Ok::<_, PushError>(BlobOutcome::Known(desc.digest));
             }
-            if from_base
-                && same_registry
-                && client
-                    .mount_blob(target, &desc.digest, &base.pinned.repository)
-                    .await?
+            if client.blob_exists(target, &desc.digest).await? {
+                return Ok(BlobOutcome::Existing(desc.digest));
+            }
+            let mount_from = if from_base && same_registry {
+                Some(base.pinned.repository.as_str())
+            } else {
+                known.elsewhere(&target.repository, &desc.digest)
+            };
+            if let Some(from) = mount_from
+                && client.mount_blob(target, &desc.digest, from).await?
             {
                 return Ok(BlobOutcome::Mounted(desc.digest));
             }
@@ -96,6 +187,7 @@ pub async fn push(
     let mut stats = PushStats::default();
     for o in outcomes {
         match o {
+            BlobOutcome::Known(d) => stats.known.push(d),
             BlobOutcome::Existing(d) => stats.existing.push(d),
             BlobOutcome::Mounted(d) => stats.mounted.push(d),
             BlobOutcome::Uploaded(d) => stats.uploaded.push(d),
@@ -106,7 +198,7 @@ pub async fn push(
         .put_manifest(target, &tag, oci::OCI_MANIFEST, image.manifest.clone())
         .await?;
     debug_assert_eq!(digest, image.manifest_digest);
-    Ok((target.with_digest(image.manifest_digest.clone()), stats))
+    Ok(stats)
 }
 
 fn short(d: &Digest) -> String {

@@ -696,7 +696,8 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Put every wheel of the resolution into the cache (downloading, at most `jobs` at once), verified
-/// by sha256. Returns the cached path of each wheel, in the resolution's order.
+/// by sha256. Returns the cached path of each wheel, in the resolution's order. Wheels are checked
+/// ([`check_wheels`]) before they are installed, not here.
 pub async fn fetch_wheels(
     resolution: &Resolution,
     cache: &Cache,
@@ -710,11 +711,15 @@ pub async fn fetch_wheels(
         .buffered(jobs.max(1))
         .try_collect()
         .await?;
-    let checked = results.clone();
+    Ok(results)
+}
+
+/// [`check_wheel_entries`] for each wheel, off the async workers.
+pub async fn check_wheels(paths: &[PathBuf]) -> Result<(), PythonError> {
+    let checked = paths.to_vec();
     tokio::task::spawn_blocking(move || checked.iter().try_for_each(|p| check_wheel_entries(p)))
         .await
-        .expect("wheel check task")?;
-    Ok(results)
+        .expect("wheel check task")
 }
 
 /// Refuse a wheel with an entry that is absolute or climbs with `..` (pip refuses most such
@@ -759,19 +764,11 @@ async fn fetch_one(
     reporter: &dyn Reporter,
 ) -> Result<PathBuf, PythonError> {
     let dest = cache.wheel_path(&w.sha256, &w.filename);
+    // Entries are hashed as they are written and renamed into place whole, and pip checks the
+    // hash again (`--require-hashes`) whenever it installs one: a present entry is not re-read
+    // (that would cost a warm build a pass over every wheel).
     if dest.is_file() {
-        let d = dest.clone();
-        let (actual, _) = tokio::task::spawn_blocking(move || crate::digest::digest_file(&d))
-            .await
-            .expect("hashing task")
-            .map_err(|source| PythonError::Read {
-                path: dest.clone(),
-                source,
-            })?;
-        if actual == w.sha256 {
-            return Ok(dest);
-        }
-        let _ = std::fs::remove_file(&dest);
+        return Ok(dest);
     }
     let parent = dest
         .parent()

@@ -258,3 +258,81 @@ fn the_layer_set_does_not_depend_on_the_cache() {
         "{history:#?}"
     );
 }
+
+#[test]
+fn a_second_repository_gets_the_layers_mounted_from_the_first() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let cache = tmp.path().join("cache");
+    build(&push_args(
+        &project,
+        &base,
+        &wheels,
+        &cache,
+        &format!("{}/team/a:v1", reg.host()),
+    ));
+    let mut args = push_args(
+        &project,
+        &base,
+        &wheels,
+        &cache,
+        &format!("{}/team/b:v1", reg.host()),
+    );
+    args.push("-v".into());
+    let (b, stderr) = build(&args);
+    // Nothing uploaded: the cache remembers team/a has every blob and mounts them from there.
+    assert!(!stderr.contains("Uploading"), "{stderr}");
+    assert!(
+        stderr.contains("&from=team/a (anonymous) -> 201"),
+        "{stderr}"
+    );
+    skopeo_inspect_raw(&crate::build::by_digest(&b));
+}
+
+#[test]
+fn a_blob_the_registry_lost_since_the_last_push_is_pushed_again() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let cache = tmp.path().join("cache");
+    let image = format!("{}/team/trainer:v1", reg.host());
+    let args = push_args(&project, &base, &wheels, &cache, &image);
+    let (first, _) = build(&args);
+    // The registry forgets the big dependency layer (as garbage collection would).
+    let big = layers(&first)[skopeo_inspect_raw(&base)["layers"]
+        .as_array()
+        .unwrap()
+        .len()]
+    .clone();
+    let status = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            &format!("http://{}/v2/team/trainer/blobs/{big}", reg.host()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&status.stdout), "202", "delete {big}");
+
+    std::fs::write(project.join("train.py"), "import bigmodel\nprint('v3')\n").unwrap();
+    let (second, stderr) = build(&args);
+    assert!(
+        stderr.contains("refused the manifest; checking every blob again"),
+        "{stderr}"
+    );
+    // Every blob is there again: skopeo copies (and verifies) the whole image.
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", crate::build::by_digest(&second)),
+        &format!("oci:{}:v1", tmp.path().join("copy").display()),
+    ]);
+}
