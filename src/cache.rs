@@ -8,7 +8,8 @@
 //! pip-v1/<sha256>/<file>        bootstrap pip wheels
 //! layers-v1/<key hex>.json      layer index: the blob a layer's inputs gave (see `deps`)
 //! probe-v1/<manifest hex>.json  what a base's python said about itself
-//! pushed-v1/<key hex>.json      blobs known to be in a registry repository
+//! pushed-v1/<key hex>.json      blobs known to be in a registry's repositories
+//! hosts-v1/<key hex>.json       HTTP or HTTPS, for loopback and insecure registries
 //! tmp/                          scratch space for atomic writes (same filesystem as the buckets)
 //! ```
 //! Every write goes to a temp file under `tmp/` and is renamed into place; entries are verified by
@@ -57,6 +58,7 @@ impl Cache {
             "layers-v1",
             "probe-v1",
             "pushed-v1",
+            "hosts-v1",
             "tmp",
         ] {
             let p = root.join(sub);

@@ -124,12 +124,16 @@ pub async fn build(
     }
 
     // Stage 1: the base.
+    let hosts_key = Digest::of(b"vxbuild host schemes v1");
+    let known_schemes: Vec<(String, bool)> =
+        cache.get_record("hosts-v1", &hosts_key).unwrap_or_default();
     let client = std::sync::Arc::new(
         RegistryClient::new(ClientOptions {
             insecure_registries: plan.insecure_registries.clone(),
             docker_config: None,
             max_concurrent: plan.jobs,
             trace: trace.clone(),
+            known_schemes: known_schemes.clone(),
         })
         .map_err(BuildError::Client)?,
     );
@@ -296,6 +300,17 @@ mtime {}
     };
     lock_state.write_if_needed(plan, &base, &wheels, reporter)?;
     report_base_tag(tag_watch, reporter).await;
+    let mut learned = client.learned_schemes();
+    if learned != known_schemes {
+        // Keep what other builds learned about other hosts.
+        for k in known_schemes {
+            if !learned.iter().any(|(h, _)| *h == k.0) {
+                learned.push(k);
+            }
+        }
+        learned.sort();
+        let _ = cache.put_record("hosts-v1", &hosts_key, &learned);
+    }
     Ok(BuildOutcome {
         manifest_digest: image.manifest_digest.clone(),
         reference,
@@ -325,6 +340,7 @@ pub async fn lock(
         docker_config: None,
         max_concurrent: plan.jobs,
         trace: trace.clone(),
+        known_schemes: Vec::new(),
     })
     .map_err(BuildError::Client)?;
     let base_err = |source| BuildError::Base {

@@ -15,12 +15,27 @@ use vxbuild::report::Reporter;
 struct Stderr {
     quiet: bool,
     verbose: bool,
+    started: std::time::Instant,
+}
+
+impl Stderr {
+    /// With -v, every line carries the time since start (to see where a build spends it).
+    fn stamp(&self) -> String {
+        if self.verbose {
+            format!(
+                "[{:>7.1} ms] ",
+                self.started.elapsed().as_secs_f64() * 1000.0
+            )
+        } else {
+            String::new()
+        }
+    }
 }
 
 impl Reporter for Stderr {
     fn info(&self, message: &str) {
         if !self.quiet {
-            let _ = writeln!(std::io::stderr(), "{message}");
+            let _ = writeln!(std::io::stderr(), "{}{message}", self.stamp());
         }
     }
     fn warn(&self, message: &str) {
@@ -31,12 +46,13 @@ impl Reporter for Stderr {
     }
     fn debug(&self, message: &str) {
         if self.verbose {
-            let _ = writeln!(std::io::stderr(), "debug: {message}");
+            let _ = writeln!(std::io::stderr(), "{}debug: {message}", self.stamp());
         }
     }
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -81,7 +97,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let reporter: std::sync::Arc<dyn Reporter> = std::sync::Arc::new(Stderr { quiet, verbose });
+    let reporter: std::sync::Arc<dyn Reporter> = std::sync::Arc::new(Stderr {
+        quiet,
+        verbose,
+        started,
+    });
     let result = match upgrade {
         None => runtime
             .block_on(vxbuild::build(&plan, reporter))

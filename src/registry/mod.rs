@@ -69,6 +69,9 @@ pub struct ClientOptions {
     pub max_concurrent: usize,
     /// Receives a line per request and per credential lookup (`-v`); never a secret.
     pub trace: Option<std::sync::Arc<dyn crate::report::Reporter>>,
+    /// Schemes earlier builds found for loopback and insecure hosts (`true` = HTTPS), so this one
+    /// need not try HTTPS first again; see [`RegistryClient::learned_schemes`].
+    pub known_schemes: Vec<(String, bool)>,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +81,7 @@ impl Default for ClientOptions {
             docker_config: None,
             max_concurrent: 8,
             trace: None,
+            known_schemes: Vec::new(),
         }
     }
 }
@@ -92,44 +96,48 @@ pub struct FetchedManifest {
     pub digest: Digest,
 }
 
-/// The HTTP clients for one trust configuration.
+/// The HTTP clients for one trust configuration, each built on first use (a warm build that
+/// only talks to a loopback registry never sets up certificate verification).
 pub(crate) struct Clients {
-    http: reqwest::Client,
-    /// Accepts any certificate: only for insecure and loopback hosts.
-    http_insecure: reqwest::Client,
-    /// For streamed uploads: reqwest's read timeout would cover the whole upload, so these have
-    /// none and `transport` watches the upload's progress instead.
-    upload: reqwest::Client,
-    upload_insecure: reqwest::Client,
+    trust: tls::Trust,
+    extra_roots: Vec<reqwest::Certificate>,
+    /// [verified, unverified (insecure and loopback hosts)] × [with a read timeout, for
+    /// streamed uploads: reqwest's read timeout would cover the whole upload, so these have none
+    /// and `transport` watches the upload's progress instead].
+    cells: [std::sync::OnceLock<reqwest::Client>; 4],
 }
 
 impl Clients {
-    fn new(
-        trust: &tls::Trust,
-        extra_roots: &[reqwest::Certificate],
-    ) -> Result<Self, RegistryError> {
-        let builder = |read_timeout: bool, verify: bool| {
-            let b = if verify {
-                trust.builder(extra_roots)
-            } else {
-                trust.plain_builder().tls_danger_accept_invalid_certs(true)
-            };
-            let b = b
-                .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(CONNECT_TIMEOUT);
-            let b = if read_timeout {
-                b.read_timeout(READ_TIMEOUT)
-            } else {
-                b
-            };
-            b.build().map_err(RegistryError::ClientSetup)
+    fn new(trust: &tls::Trust, extra_roots: &[reqwest::Certificate]) -> Self {
+        Clients {
+            trust: trust.clone(),
+            extra_roots: extra_roots.to_vec(),
+            cells: Default::default(),
+        }
+    }
+
+    pub(crate) fn get(&self, verify: bool, upload: bool) -> Result<reqwest::Client, RegistryError> {
+        let cell = &self.cells[usize::from(verify) * 2 + usize::from(upload)];
+        if let Some(c) = cell.get() {
+            return Ok(c.clone());
+        }
+        let b = if verify {
+            self.trust.builder(&self.extra_roots)?
+        } else {
+            self.trust
+                .plain_builder()
+                .tls_danger_accept_invalid_certs(true)
         };
-        Ok(Clients {
-            http: builder(true, true)?,
-            http_insecure: builder(true, false)?,
-            upload: builder(false, true)?,
-            upload_insecure: builder(false, false)?,
-        })
+        let b = b
+            .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT);
+        let b = if upload {
+            b
+        } else {
+            b.read_timeout(READ_TIMEOUT)
+        };
+        let c = b.build().map_err(RegistryError::ClientSetup)?;
+        Ok(cell.get_or_init(|| c).clone())
     }
 }
 
@@ -144,6 +152,8 @@ pub struct RegistryClient {
     insecure_registries: Vec<String>,
     config: DockerConfig,
     schemes: Mutex<HashMap<String, Scheme>>,
+    /// Hosts whose scheme came from `known_schemes` and has not been confirmed yet.
+    seeded_schemes: Mutex<std::collections::HashSet<String>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), Token>>,
     token_fetch: tokio::sync::Mutex<()>,
@@ -165,7 +175,7 @@ impl std::fmt::Debug for RegistryClient {
 impl RegistryClient {
     pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
         let trust = tls::Trust::from_env()?;
-        let clients = Arc::new(Clients::new(&trust, &[])?);
+        let clients = Arc::new(Clients::new(&trust, &[]));
         let config = match opts.docker_config.or_else(DockerConfig::default_path) {
             Some(path) => DockerConfig::load(&path)?,
             None => DockerConfig::default(),
@@ -180,7 +190,16 @@ impl RegistryClient {
                 .map(|e| transport::normalize_host_entry(e))
                 .collect(),
             config,
-            schemes: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(
+                opts.known_schemes
+                    .iter()
+                    .map(|(h, https)| {
+                        let scheme = if *https { Scheme::Https } else { Scheme::Http };
+                        (h.clone(), scheme)
+                    })
+                    .collect(),
+            ),
+            seeded_schemes: Mutex::new(opts.known_schemes.iter().map(|(h, _)| h.clone()).collect()),
             challenges: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             token_fetch: tokio::sync::Mutex::new(()),
@@ -188,6 +207,24 @@ impl RegistryClient {
             retry: retry::Policy::default(),
             trace: opts.trace,
         })
+    }
+
+    /// The schemes found for loopback and insecure hosts (`true` = HTTPS), sorted, for the next
+    /// build's [`ClientOptions::known_schemes`].
+    pub fn learned_schemes(&self) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = self
+            .schemes
+            .lock()
+            .expect("scheme map lock")
+            .iter()
+            .filter(|(h, _)| {
+                transport::scheme_policy(h, &self.insecure_registries)
+                    == transport::SchemePolicy::HttpsThenHttp
+            })
+            .map(|(h, s)| (h.clone(), *s == Scheme::Https))
+            .collect();
+        v.sort();
+        v
     }
 
     /// A `-v` line, built only when someone reads it.
@@ -210,7 +247,7 @@ impl RegistryClient {
         } else {
             let extra: Vec<reqwest::Certificate> =
                 found.into_iter().flat_map(|(_, certs)| certs).collect();
-            Arc::new(Clients::new(&self.trust, &extra)?)
+            Arc::new(Clients::new(&self.trust, &extra))
         };
         map.insert(key, clients.clone());
         Ok(clients)

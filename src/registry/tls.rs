@@ -26,58 +26,70 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// The trust configuration of one process.
+/// The trust configuration of one process. The system bundle and `SSL_CERT_FILE` are read on
+/// first use: a build that talks only to loopback or insecure registries never parses them.
 #[derive(Clone, Default)]
 pub(crate) struct Trust {
     /// System roots plus `SSL_CERT_FILE`/`SSL_CERT_DIR`; empty when no bundle was found (then
     /// the platform's verifier finds the roots itself).
-    roots: Vec<Certificate>,
+    roots: std::sync::Arc<std::sync::OnceLock<Result<Vec<Certificate>, RootsError>>>,
     /// The certs.d folders, in the order they are consulted.
     certs_d: Vec<PathBuf>,
     /// `VXBUILD_RESOLVE` host-to-address overrides.
     resolve: Vec<(String, std::net::IpAddr)>,
 }
 
+#[derive(Clone, Debug)]
+struct RootsError {
+    source_name: String,
+    path: PathBuf,
+    problem: String,
+}
+
 impl std::fmt::Debug for Trust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trust")
-            .field("roots", &self.roots.len())
             .field("certs_d", &self.certs_d)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-impl Trust {
-    /// The system bundle, `SSL_CERT_FILE`, `SSL_CERT_DIR` and the default certs.d folders.
-    /// A variable that names a missing or certificate-less file is an error naming it.
-    pub(crate) fn from_env() -> Result<Trust, RegistryError> {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let mut roots = Vec::new();
-        if let Some(bundle) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
-            // A system bundle we cannot read leaves the platform verifier to find the roots.
-            if let Ok(certs) = read_certificates(bundle) {
-                roots.extend(certs);
-            }
-        }
-        if let Some(file) = var("SSL_CERT_FILE") {
-            let path = PathBuf::from(file);
-            let certs = read_certificates(&path).map_err(|problem| RegistryError::TrustStore {
-                source_name: "SSL_CERT_FILE".into(),
-                path: path.clone(),
-                problem,
-            })?;
+/// The system bundle, `SSL_CERT_FILE` and `SSL_CERT_DIR`, as [`Trust`] uses them.
+fn load_roots() -> Result<Vec<Certificate>, RootsError> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let mut roots = Vec::new();
+    if let Some(bundle) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
+        // A system bundle we cannot read leaves the platform verifier to find the roots.
+        if let Ok(certs) = read_certificates(bundle) {
             roots.extend(certs);
         }
-        if let Some(dirs) = var("SSL_CERT_DIR") {
-            for dir in std::env::split_paths(&dirs).filter(|d| d.is_dir()) {
-                for file in sorted_files(&dir) {
-                    // OpenSSL's hashed folders also hold CRLs and other files: take what parses.
-                    if let Ok(certs) = read_certificates(&file) {
-                        roots.extend(certs);
-                    }
+    }
+    if let Some(file) = var("SSL_CERT_FILE") {
+        let path = PathBuf::from(file);
+        let certs = read_certificates(&path).map_err(|problem| RootsError {
+            source_name: "SSL_CERT_FILE".into(),
+            path: path.clone(),
+            problem,
+        })?;
+        roots.extend(certs);
+    }
+    if let Some(dirs) = var("SSL_CERT_DIR") {
+        for dir in std::env::split_paths(&dirs).filter(|d| d.is_dir()) {
+            for file in sorted_files(&dir) {
+                // OpenSSL's hashed folders also hold CRLs and other files: take what parses.
+                if let Ok(certs) = read_certificates(&file) {
+                    roots.extend(certs);
                 }
             }
         }
+    }
+    Ok(roots)
+}
+
+impl Trust {
+    /// The certs.d folders and `VXBUILD_RESOLVE` from the environment (roots come on first use).
+    pub(crate) fn from_env() -> Result<Trust, RegistryError> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let mut certs_d = Vec::new();
         if let Some(home) = var("HOME") {
             certs_d.push(PathBuf::from(home).join(".config/containers/certs.d"));
@@ -92,7 +104,7 @@ impl Trust {
             Err(_) => Vec::new(),
         };
         Ok(Trust {
-            roots,
+            roots: Default::default(),
             certs_d,
             resolve,
         })
@@ -126,13 +138,25 @@ impl Trust {
     }
 
     /// A client builder verifying against these roots plus `extra`.
-    pub(crate) fn builder(&self, extra: &[Certificate]) -> reqwest::ClientBuilder {
+    pub(crate) fn builder(
+        &self,
+        extra: &[Certificate],
+    ) -> Result<reqwest::ClientBuilder, RegistryError> {
+        let roots =
+            self.roots
+                .get_or_init(load_roots)
+                .as_ref()
+                .map_err(|e| RegistryError::TrustStore {
+                    source_name: e.source_name.clone(),
+                    path: e.path.clone(),
+                    problem: e.problem.clone(),
+                })?;
         let b = self.plain_builder();
-        if self.roots.is_empty() {
+        Ok(if roots.is_empty() {
             b.tls_certs_merge(extra.iter().cloned())
         } else {
-            b.tls_certs_only(self.roots.iter().chain(extra).cloned())
-        }
+            b.tls_certs_only(roots.iter().chain(extra).cloned())
+        })
     }
 
     /// A client builder with the host overrides and no trust settings.
@@ -148,7 +172,7 @@ impl Trust {
     #[cfg(test)]
     pub(crate) fn with_certs_d(certs_d: Vec<PathBuf>) -> Trust {
         Trust {
-            roots: Vec::new(),
+            roots: Default::default(),
             certs_d,
             resolve: Vec::new(),
         }

@@ -470,10 +470,22 @@ impl RegistryClient {
         let client = self.client(ep.host, policy, spec.body.is_file())?;
         if let Some(scheme) = known {
             let url = self.url(scheme, ep.host, path, op)?;
-            return self
-                .send_to(&client, url, op, spec, auth)
-                .await
-                .map_err(|e| self.send_error(ep, op, e));
+            let sent = self.send_to(&client, url, op, spec, auth).await;
+            // A scheme remembered from an earlier build that no longer connects (the registry
+            // moved to HTTPS, say): forget it and find out again.
+            let stale = matches!(&sent, Err(SendError::Http(e)) if e.is_connect())
+                && self
+                    .seeded_schemes
+                    .lock()
+                    .expect("scheme map lock")
+                    .remove(ep.host);
+            if !stale {
+                return sent.map_err(|e| self.send_error(ep, op, e));
+            }
+            self.schemes
+                .lock()
+                .expect("scheme map lock")
+                .remove(ep.host);
         }
         let https = self.url(Scheme::Https, ep.host, path, op)?;
         let first = self.send_to(&client, https, op, spec, auth).await;
@@ -503,13 +515,8 @@ impl RegistryClient {
         policy: SchemePolicy,
         upload: bool,
     ) -> Result<reqwest::Client, RegistryError> {
-        let c = self.clients_for(host)?;
-        Ok(match (policy, upload) {
-            (SchemePolicy::HttpsOnly, false) => c.http.clone(),
-            (SchemePolicy::HttpsThenHttp, false) => c.http_insecure.clone(),
-            (SchemePolicy::HttpsOnly, true) => c.upload.clone(),
-            (SchemePolicy::HttpsThenHttp, true) => c.upload_insecure.clone(),
-        })
+        self.clients_for(host)?
+            .get(policy == SchemePolicy::HttpsOnly, upload)
     }
 
     fn url(

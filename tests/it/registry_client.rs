@@ -25,6 +25,7 @@ fn client(config: &Path) -> RegistryClient {
         docker_config: Some(config.to_path_buf()),
         max_concurrent: 4,
         trace: None,
+        known_schemes: Vec::new(),
     })
     .expect("client")
 }
