@@ -412,6 +412,7 @@ async fn install_and_split(
             .await
             .map_err(py)?;
     }
+    reporter.info(&format!("Writing {} dependency layer(s)", missing.len()));
     let split_root = staging.clone();
     let mut by_dist =
         tokio::task::spawn_blocking(move || python::split::split_by_distribution(&split_root))

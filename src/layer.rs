@@ -13,7 +13,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use flate2::{Compression, GzBuilder};
 use tar::{EntryType, Header};
 
 use crate::cache::{Cache, CacheError};
@@ -22,8 +21,6 @@ use crate::oci;
 
 /// The gzip level every layer is compressed with. Changing it changes every layer digest.
 pub const GZIP_LEVEL: u32 = 6;
-/// The gzip header's OS byte: 255, "unknown", so the build machine never shows.
-const GZIP_OS_UNKNOWN: u8 = 255;
 const BLOCK: u64 = 512;
 /// ustar header field sizes.
 const NAME_LEN: usize = 100;
@@ -183,10 +180,7 @@ pub fn write_layer(
 
     let tmp = cache.tempfile().map_err(LayerError::Write)?;
     let compressed = HashingWriter::new(BufWriter::with_capacity(1 << 16, tmp));
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .operating_system(GZIP_OS_UNKNOWN)
-        .write(compressed, Compression::new(GZIP_LEVEL));
+    let gz = crate::gzip::ParallelGzWriter::new(compressed, GZIP_LEVEL);
     let mut tar = HashingWriter::new(BufWriter::with_capacity(1 << 17, gz));
 
     let mut buf = vec![0u8; 1 << 17];
@@ -1083,6 +1077,38 @@ mod tests {
         assert_eq!(
             blob.digest.as_str(),
             "sha256:3939da28f235a79716083f1f006126ab7781df05dc14ebdb205719d9ced8f2ff"
+        );
+    }
+
+    /// Pins the parallel gzip format (fixed blocks, sync-flushed): a layer of several blocks.
+    #[test]
+    fn golden_digest_of_a_multi_block_layer() {
+        let (_c, cache) = cache();
+        let t = tempfile::tempdir().unwrap();
+        let mut x: u32 = 7;
+        let data: Vec<u8> = (0..(3 << 20) + 4321)
+            .map(|i| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                if i % 5 == 0 {
+                    b'\n'
+                } else {
+                    b'a' + ((x >> 16) % 26) as u8
+                }
+            })
+            .collect();
+        fs::write(t.path().join("big"), &data).unwrap();
+        let entries = vec![LayerEntry {
+            path: "big".into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                source: t.path().join("big"),
+                size: data.len() as u64,
+            },
+        }];
+        let blob = write_layer(entries, &LayerOptions { mtime: 0 }, &cache).unwrap();
+        assert_eq!(
+            blob.digest.as_str(),
+            "sha256:b02b92aa2c175c7b5598bce107cc35e4f8b32e36da50069f015aa4601228cb3b"
         );
     }
 

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod cli;
 pub mod deps;
 pub mod digest;
+pub mod gzip;
 pub mod image;
 pub mod layer;
 pub mod lock;
