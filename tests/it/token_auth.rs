@@ -155,7 +155,7 @@ fn token_auth_with_a_password_pulls_the_base_and_pushes() {
     let mounts = stderr
         .lines()
         .filter(|l| {
-            l.starts_with(&format!(
+            l.contains(&format!(
                 "debug: POST http://{}/v2/team/trainer/blobs/uploads/?mount=sha256:",
                 s.reg.host()
             )) && l.ends_with(&format!(
