@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vxbuild::cache::Cache;
-use vxbuild::gzip::ParallelGzWriter;
+use vxbuild::compress::ParallelGzWriter;
 use vxbuild::layer::{LayerOptions, entries_from_tree, write_layer};
 
 fn size_mb() -> usize {
@@ -116,7 +116,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("write", |b| {
         b.iter(|| {
             let entries = entries_from_tree(&tree, "usr/local/lib/python3.9").unwrap();
-            let blob = write_layer(entries, &LayerOptions { mtime: 0 }, &cache).unwrap();
+            let blob = write_layer(entries, &LayerOptions::default(), &cache).unwrap();
             // Each iteration writes the blob again, not a cache hit.
             std::fs::remove_file(cache.blob_path(&blob.digest)).unwrap();
         })
@@ -127,7 +127,7 @@ fn benches(c: &mut Criterion) {
     let tar_path = tmp.path().join("layer.tar");
     {
         let entries = entries_from_tree(&tree, "usr/local/lib/python3.9").unwrap();
-        let blob = write_layer(entries, &LayerOptions { mtime: 0 }, &cache).unwrap();
+        let blob = write_layer(entries, &LayerOptions::default(), &cache).unwrap();
         let out = std::fs::File::create(&tar_path).unwrap();
         let mut dec = flate2::read::GzDecoder::new(
             std::fs::File::open(cache.blob_path(&blob.digest)).unwrap(),

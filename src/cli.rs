@@ -148,6 +148,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
 
+    /// How new layers are compressed: gzip (read everywhere) or zstd (faster and smaller; needs
+    /// containerd 1.5+, podman or CRI-O on the machines that pull).
+    #[arg(long, value_name = "CODEC", value_parser = ["gzip", "zstd"])]
+    pub compression: Option<String>,
+
     /// Compile the installed dependencies to .pyc in the sandbox (unchecked-hash, reproducible).
     #[arg(long)]
     pub compile_bytecode: bool,

@@ -38,7 +38,7 @@ pub const MAX_DEP_LAYERS: usize = 100;
 const MAX_GROUP: usize = 16;
 /// Version of the layer key and of how a layer is made from installed files; bump it when either
 /// changes, so old cache entries are not used.
-const LAYER_FORMAT: &str = "vxbuild dependency layer v1 (tar, gzip 6)";
+const LAYER_FORMAT: &str = "vxbuild dependency layer v2 (tar; gzip 6 or zstd 3 in 1 MiB blocks)";
 /// Version of the probe record.
 const PROBE_FORMAT: &str = "vxbuild probe v1";
 
@@ -119,8 +119,11 @@ impl InstallScheme {
 
     fn layer_key(&self, plan: &BuildPlan, members: &[&PinnedWheel]) -> Digest {
         let mut text = format!(
-            "{LAYER_FORMAT}\nscheme {}\nmtime {}\ncompile {}\n",
-            self.fingerprint, plan.source_date_epoch, plan.compile_bytecode
+            "{LAYER_FORMAT}\nscheme {}\nmtime {}\ncompile {}\ncompression {}\n",
+            self.fingerprint,
+            plan.source_date_epoch,
+            plan.compile_bytecode,
+            plan.compression.name()
         );
         for w in members {
             text.push_str(&format!(
@@ -423,6 +426,7 @@ async fn install_and_split(
     // One task per layer; the blocking pool bounds how many compress at once.
     let opts = LayerOptions {
         mtime: plan.source_date_epoch,
+        compression: plan.compression,
     };
     let limit = Arc::new(tokio::sync::Semaphore::new(plan.jobs.max(1)));
     let mut tasks = Vec::new();

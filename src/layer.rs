@@ -62,6 +62,8 @@ pub enum EntryKind {
 pub struct LayerOptions {
     /// The mtime of every entry: SOURCE_DATE_EPOCH, default 0.
     pub mtime: u64,
+    /// gzip (default) or zstd.
+    pub compression: crate::compress::Codec,
 }
 
 /// A finished layer, stored in the cache under its digest.
@@ -134,7 +136,7 @@ impl LayerRecord {
     fn blob(&self, cache: &Cache) -> Option<LayerBlob> {
         let digest: Digest = self.digest.parse().ok()?;
         let diff_id: Digest = self.diff_id.parse().ok()?;
-        let media_type = [oci::OCI_LAYER_GZIP]
+        let media_type = [oci::OCI_LAYER_GZIP, oci::OCI_LAYER_ZSTD]
             .into_iter()
             .find(|m| *m == self.media_type)?;
         cache
@@ -180,7 +182,7 @@ pub fn write_layer(
 
     let tmp = cache.tempfile().map_err(LayerError::Write)?;
     let compressed = HashingWriter::new(BufWriter::with_capacity(1 << 16, tmp));
-    let gz = crate::gzip::ParallelGzWriter::new(compressed, GZIP_LEVEL);
+    let gz = crate::compress::ParallelWriter::with_codec(compressed, opts.compression, GZIP_LEVEL);
     let mut tar = HashingWriter::new(BufWriter::with_capacity(1 << 17, gz));
 
     let mut buf = vec![0u8; 1 << 17];
@@ -207,7 +209,7 @@ pub fn write_layer(
         digest,
         diff_id,
         size,
-        media_type: oci::OCI_LAYER_GZIP,
+        media_type: opts.compression.media_type(),
     })
 }
 
@@ -749,7 +751,7 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         make_tree(a.path(), false, true, 1_000_000);
         make_tree(b.path(), true, false, 2_000_000_000);
-        let opts = LayerOptions { mtime: 0 };
+        let opts = LayerOptions::default();
         let la = write_layer(
             entries_from_tree(a.path(), "usr/local").unwrap(),
             &opts,
@@ -769,6 +771,7 @@ mod tests {
             entries_from_tree(b.path(), "usr/local").unwrap(),
             &LayerOptions {
                 mtime: 1_700_000_000,
+                ..LayerOptions::default()
             },
             &cache,
         )
@@ -784,7 +787,10 @@ mod tests {
         let epoch = 1_700_000_000;
         let blob = write_layer(
             entries_from_tree(a.path(), "usr/local").unwrap(),
-            &LayerOptions { mtime: epoch },
+            &LayerOptions {
+                mtime: epoch,
+                ..LayerOptions::default()
+            },
             &cache,
         )
         .unwrap();
@@ -1069,7 +1075,7 @@ mod tests {
                 },
             },
         ];
-        let blob = write_layer(entries, &LayerOptions { mtime: 0 }, &cache).unwrap();
+        let blob = write_layer(entries, &LayerOptions::default(), &cache).unwrap();
         assert_eq!(
             blob.diff_id.as_str(),
             "sha256:4b3ba342d417e03704c248b85a4f30944a085c15457af191896ceaa87c745e8c"
@@ -1105,7 +1111,7 @@ mod tests {
                 size: data.len() as u64,
             },
         }];
-        let blob = write_layer(entries, &LayerOptions { mtime: 0 }, &cache).unwrap();
+        let blob = write_layer(entries, &LayerOptions::default(), &cache).unwrap();
         assert_eq!(
             blob.digest.as_str(),
             "sha256:b02b92aa2c175c7b5598bce107cc35e4f8b32e36da50069f015aa4601228cb3b"

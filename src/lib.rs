@@ -12,9 +12,9 @@
 pub mod base;
 pub mod cache;
 pub mod cli;
+pub mod compress;
 pub mod deps;
 pub mod digest;
-pub mod gzip;
 pub mod image;
 pub mod layer;
 pub mod lock;
@@ -116,6 +116,7 @@ pub async fn build(
     })?;
     let layer_opts = LayerOptions {
         mtime: plan.source_date_epoch,
+        compression: plan.compression,
     };
 
     // The project's files first: cheap, and a bad project fails before any download.
@@ -215,12 +216,10 @@ pub async fn build(
     // Keyed by what goes in: a build with the same files reuses the blob without reading them.
     let app_key = Digest::of(
         format!(
-            "vxbuild application layer v1 (tar, gzip 6)
-{}
-home {home_missing}
-mtime {}
-",
-            sources.content_hash, plan.source_date_epoch
+            "vxbuild application layer v2 (tar; gzip 6 or zstd 3 in 1 MiB blocks)\n{}\nhome {home_missing}\nmtime {}\ncompression {}\n",
+            sources.content_hash,
+            plan.source_date_epoch,
+            plan.compression.name()
         )
         .as_bytes(),
     );

@@ -59,6 +59,7 @@ pub struct ConfigFile {
     pub max_file_size: Option<String>,
     #[serde(default)]
     pub insecure_registry: Vec<String>,
+    pub compression: Option<String>,
 }
 
 /// A local destination for the image.
@@ -122,6 +123,8 @@ pub struct BuildPlan {
     pub platform: Platform,
     pub jobs: usize,
     pub compile_bytecode: bool,
+    /// How new layers are compressed.
+    pub compression: crate::compress::Codec,
     /// How vxbuild.lock is used.
     pub lock_mode: LockMode,
     /// Absolute paths inside the project that are the build's own (outputs, cache): never copied.
@@ -458,6 +461,21 @@ fn plan_for(
     if args.jobs == 0 {
         return Err(flag("--jobs", "must be at least 1"));
     }
+    let compression = match args
+        .compression
+        .clone()
+        .or(cfg.compression.clone())
+        .as_deref()
+    {
+        None | Some("gzip") => crate::compress::Codec::Gzip,
+        Some("zstd") => crate::compress::Codec::Zstd,
+        Some(other) => {
+            return Err(flag(
+                "compression",
+                format!("{other:?} is not gzip or zstd (vxbuild.toml)"),
+            ));
+        }
+    };
     let mut insecure_registries = args.insecure_registry.clone();
     insecure_registries.extend(cfg.insecure_registry.clone());
 
@@ -498,6 +516,7 @@ fn plan_for(
         platform: Platform::host(),
         jobs: args.jobs,
         compile_bytecode: args.compile_bytecode,
+        compression,
         lock_mode: if args.no_lock {
             LockMode::Off
         } else if args.locked {

@@ -79,7 +79,7 @@ pub enum UnpackError {
 
 /// Apply compressed layer blobs, in order, onto `dest` (created if missing).
 ///
-/// The compression is detected from the magic bytes: gzip or plain tar; zstd, bzip2 and xz are
+/// The compression is detected from the magic bytes: gzip, zstd or plain tar; bzip2 and xz are
 /// reported as unsupported.
 pub fn unpack_layers(layers: &[PathBuf], dest: &Path) -> Result<UnpackStats, UnpackError> {
     fs::create_dir_all(dest).map_err(|source| UnpackError::CreateRoot {
@@ -95,18 +95,22 @@ pub fn unpack_layers(layers: &[PathBuf], dest: &Path) -> Result<UnpackStats, Unp
         };
         let file = File::open(path).map_err(open_err)?;
         let mut reader = BufReader::with_capacity(1 << 17, file);
-        let compression = match sniff(reader.fill_buf().map_err(open_err)?) {
-            Compression::Gzip => None,
-            Compression::None => Some(None),
-            Compression::Unsupported(name) => Some(Some(name)),
-        };
-        match compression {
-            None => {
+        match sniff(reader.fill_buf().map_err(open_err)?) {
+            Compression::Gzip => {
                 let tar = BufReader::with_capacity(1 << 17, MultiGzDecoder::new(reader));
                 apply(tar, dest, index, &mut stats)?;
             }
-            Some(None) => apply(reader, dest, index, &mut stats)?,
-            Some(Some(compression)) => {
+            Compression::Zstd => {
+                let tar = zstd::stream::read::Decoder::with_buffer(reader).map_err(open_err)?;
+                apply(
+                    BufReader::with_capacity(1 << 17, tar),
+                    dest,
+                    index,
+                    &mut stats,
+                )?;
+            }
+            Compression::None => apply(reader, dest, index, &mut stats)?,
+            Compression::Unsupported(compression) => {
                 return Err(UnpackError::UnsupportedCompression {
                     index,
                     path: path.clone(),
@@ -127,6 +131,7 @@ pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<UnpackStats, Unpack
 
 enum Compression {
     Gzip,
+    Zstd,
     None,
     Unsupported(&'static str),
 }
@@ -135,7 +140,7 @@ fn sniff(magic: &[u8]) -> Compression {
     if magic.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Unsupported("zstd")
+        Compression::Zstd
     } else if magic.starts_with(b"BZh") {
         Compression::Unsupported("bzip2")
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
@@ -921,15 +926,24 @@ mod tests {
         assert_eq!(fs::read_to_string(s.p("a")).unwrap(), "2");
         assert!(!exists(&s.p("b")));
 
+        // zstd (as `--compression zstd` writes it) is read; xz is named as unsupported.
         let zstd = dir.path().join("zstd");
-        fs::write(&zstd, [0x28, 0xb5, 0x2f, 0xfd, 0, 0]).unwrap();
-        let err = unpack_layers(&[upper, zstd], &s.root).unwrap_err();
+        fs::write(
+            &zstd,
+            zstd::stream::encode_all(&Tar::default().file("c", "3").bytes()[..], 3).unwrap(),
+        )
+        .unwrap();
+        unpack_layers(&[zstd], &s.root).unwrap();
+        assert_eq!(fs::read_to_string(s.p("c")).unwrap(), "3");
+        let xz = dir.path().join("xz");
+        fs::write(&xz, [0xfd, b'7', b'z', b'X', b'Z', 0, 0]).unwrap();
+        let err = unpack_layers(&[upper, xz], &s.root).unwrap_err();
         assert!(
             matches!(
                 err,
                 UnpackError::UnsupportedCompression {
                     index: 1,
-                    compression: "zstd",
+                    compression: "xz",
                     ..
                 }
             ),

@@ -201,7 +201,7 @@ fn inputs_fingerprint(entries: &[LayerEntry]) -> Digest {
 
 /// Push the base to `registry` with vxbuild's own client: one layer, a fixed config.
 fn push_base(registry: &Registry, entries: Vec<LayerEntry>, cache: &Cache) -> String {
-    let layer = layer::write_layer(entries, &LayerOptions { mtime: 0 }, cache).unwrap();
+    let layer = layer::write_layer(entries, &LayerOptions::default(), cache).unwrap();
     let config = json!({
         "architecture": "amd64",
         "os": "linux",

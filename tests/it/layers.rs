@@ -336,3 +336,75 @@ fn a_blob_the_registry_lost_since_the_last_push_is_pushed_again() {
         &format!("oci:{}:v1", tmp.path().join("copy").display()),
     ]);
 }
+
+#[test]
+fn zstd_layers_push_pull_and_run_with_one_digest() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let image = format!("{}/team/zstd:v1", reg.host());
+    let mut a_args = push_args(&project, &base, &wheels, &tmp.path().join("c1"), &image);
+    a_args.extend(["--compression".into(), "zstd".into()]);
+    let (a, _) = build(&a_args);
+    // Another cold cache, one job: the same bytes.
+    let mut b_args = push_args(&project, &base, &wheels, &tmp.path().join("c2"), &image);
+    b_args.extend(["--compression", "zstd", "--jobs", "1"].map(String::from));
+    let (b, _) = build(&b_args);
+    assert_eq!(digest_of(&a), digest_of(&b));
+
+    let manifest = skopeo_inspect_raw(&crate::build::by_digest(&a));
+    let base_layers = skopeo_inspect_raw(&base)["layers"]
+        .as_array()
+        .unwrap()
+        .len();
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert!(
+        types[..base_layers]
+            .iter()
+            .all(|t| *t == "application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{types:?}"
+    );
+    assert!(
+        types[base_layers..]
+            .iter()
+            .all(|t| *t == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
+    // gzip and zstd builds of the same inputs are different images.
+    let (g, _) = build(&push_args(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("c1"),
+        &format!("{}/team/gzip:v1", reg.host()),
+    ));
+    assert_ne!(digest_of(&g), digest_of(&a));
+
+    // skopeo (containers/image) verifies every blob as it copies and decodes the zstd layers to
+    // re-compress them as gzip for umoci 0.4, which reads no zstd; the image runs.
+    let dir = tmp.path().join("pulled");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-compress",
+        "--dest-compress-format",
+        "gzip",
+        &format!("docker://{}", crate::build::by_digest(&a)),
+        &format!("oci:{}:v1", dir.display()),
+    ]);
+    let rootfs = unpack_layout(&dir, "v1", &tmp.path().join("rootfs"));
+    let config = skopeo_inspect_config(&format!("oci:{}:v1", dir.display()));
+    let out = run_entrypoint(&rootfs, &config);
+    assert!(
+        text(&out.stdout).contains("Training complete 1.0"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
