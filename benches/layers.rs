@@ -4,7 +4,8 @@
 //!   scientific Python stack (many small source files, compressible shared libraries, some
 //!   incompressible data): walk, tar, gzip, both sha256s, into the cache.
 //! - `gzip/vxbuild` vs `gzip/pigz`: the same tar through vxbuild's parallel gzip and through
-//!   `pigz -6` on the same cores (`pigz -p N`, N = this machine's cores), level 6 both.
+//!   `pigz -6` on the same cores (`pigz -p N`, N = this machine's cores), level 6 both;
+//!   `gzip/vxbuild-zstd` is `--compression zstd` on the same input.
 //!
 //! `cargo bench --bench layers`; `VXBUILD_BENCH_MB` sets the input size (default 96).
 
@@ -141,6 +142,17 @@ fn benches(c: &mut Criterion) {
     g.bench_function("vxbuild", |b| {
         b.iter(|| {
             let mut w = ParallelGzWriter::new(std::io::sink(), vxbuild::layer::GZIP_LEVEL);
+            w.write_all(&tar).unwrap();
+            w.finish().unwrap();
+        })
+    });
+    g.bench_function("vxbuild-zstd", |b| {
+        b.iter(|| {
+            let mut w = vxbuild::compress::ParallelWriter::with_codec(
+                std::io::sink(),
+                vxbuild::compress::Codec::Zstd,
+                0,
+            );
             w.write_all(&tar).unwrap();
             w.finish().unwrap();
         })
