@@ -5,6 +5,7 @@
 # registry. Three scenarios, ROUNDS rounds each (default 3), timed by hyperfine:
 #
 #   cold     vxbuild: empty cache, no lock (resolves)   buildah: bud --no-cache (base in storage)
+#   cold-zstd  the same, layers compressed with zstd by both
 #   code     train.py edited, everything else warm      buildah: bud --layers
 #   bump     scikit-learn 1.6.0 -> 1.6.1 from a warm 1.6.0 state (restored before each round)
 #
@@ -111,12 +112,14 @@ vx() { # vx CACHE TAG [flags]
     "$VX" build "$VXP" --base-image "$BASE" --no-index --find-links "$WHEELHOUSE" \
         --cache-dir "$cache" --image "$REG/bench/vxbuild:$tag" --push -q "$@"
 }
-bb() { # bb TAG [bud flags]
-    local tag=$1
+bb() { # bb TAG [bud flags]; BB_PUSH_FLAGS: extra words for buildah push
+    local tag=$1 push_flags
     shift
+    read -r -a push_flags <<<"${BB_PUSH_FLAGS:-}"
     "${BUILDAH[@]}" bud -q --isolation chroot --tls-verify=false -v "$WHEELHOUSE:/wheels:ro" \
         "$@" -t "bench/buildah:$tag" "$BBP" >/dev/null &&
-        "${BUILDAH[@]}" push -q --tls-verify=false "bench/buildah:$tag" "docker://$REG/bench/buildah:$tag"
+        "${BUILDAH[@]}" push -q --tls-verify=false "${push_flags[@]}" "bench/buildah:$tag" \
+            "docker://$REG/bench/buildah:$tag"
 }
 export -f vx bb
 export VX VXP BBP BASE WHEELHOUSE REG
@@ -146,6 +149,14 @@ run cold \
     "vx $WORK/vx-cold cold --no-lock" \
     "true" \
     "bb cold --no-cache"
+
+# cold-zstd: the same with zstd layers (vxbuild --compression zstd, buildah push
+# --compression-format zstd).
+run cold-zstd \
+    "rm -rf $WORK/vx-cold $VXP/vxbuild.lock" \
+    "vx $WORK/vx-cold coldzstd --no-lock --compression zstd" \
+    "true" \
+    "BB_PUSH_FLAGS='--compression-format zstd' bb coldzstd --no-cache"
 
 # code: an edited train.py, everything else warm.
 vx "$WORK/vx-warm" code >/dev/null
