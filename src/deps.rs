@@ -11,9 +11,10 @@
 //!   layer format. The cache maps a key to the blob it gave (`layers-v1`). A layer found there is
 //!   used as it is: no pip, no compression. The same wheel on the same base gives the same layer
 //!   blob in every project.
-//! - **Install**: the wheels of the layers not found are installed by one pip run in the sandbox
-//!   into one staging root, split by each distribution's RECORD ([`crate::python::split`]) and
-//!   written as layers in parallel.
+//! - **Install**: the wheels of the layers not found are installed by pip in the sandbox — one run
+//!   per core, each into its own staging root, balanced by wheel bytes — split by each
+//!   distribution's RECORD ([`crate::python::split`]) and written as layers, each bucket's as soon
+//!   as its pip is done.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -366,9 +367,33 @@ where
     Ok((layers, resolution.wheels))
 }
 
-/// Install the wheels of the `missing` groups with one pip run, split the result by
-/// distribution and write one layer per group (in parallel). Returns the blobs in `missing`'s
-/// order.
+/// Split the `missing` groups into at most `n` buckets of about equal wheel bytes (largest
+/// first, to the lightest bucket): one pip run each, in parallel. Which bucket a group lands in
+/// changes no byte of its layer.
+pub fn buckets(missing: &[usize], weight: impl Fn(usize) -> u64, n: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = missing.to_vec();
+    order.sort_by_key(|&g| (std::cmp::Reverse(weight(g)), g));
+    let mut out: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); n.clamp(1, missing.len().max(1))];
+    for g in order {
+        let lightest = (0..out.len())
+            .min_by_key(|&b| (out[b].0, b))
+            .expect("at least one bucket");
+        out[lightest].0 += weight(g);
+        out[lightest].1.push(g);
+    }
+    out.into_iter()
+        .map(|(_, mut gs)| {
+            gs.sort_unstable();
+            gs
+        })
+        .filter(|gs| !gs.is_empty())
+        .collect()
+}
+
+/// Install the wheels of the `missing` groups and write their layers. pip runs once per bucket
+/// ([`buckets`], one per core), each into its own staging root, and each bucket's layers are
+/// compressed as soon as its pip is done, while the other pips still run. Returns the blobs in
+/// `missing`'s order.
 #[allow(clippy::too_many_arguments)]
 async fn install_and_split(
     plan: &BuildPlan,
@@ -381,11 +406,62 @@ async fn install_and_split(
     reporter: &dyn Reporter,
 ) -> Result<Vec<LayerBlob>, BuildError> {
     let py = BuildError::Python;
-    let wanted: Vec<usize> = {
-        let mut v: Vec<usize> = missing.iter().flat_map(|&g| groups[g].clone()).collect();
-        v.sort_unstable();
-        v
-    };
+    let wanted: Vec<std::path::PathBuf> = missing
+        .iter()
+        .flat_map(|&g| groups[g].iter().map(|&i| paths[i].clone()))
+        .collect();
+    python::check_wheels(&wanted).await.map_err(py)?;
+    reporter.info(&format!("Installing {} wheel(s)", wanted.len()));
+    if plan.compile_bytecode {
+        reporter.info("Compiling the dependencies to bytecode");
+    }
+    let size = |i: usize| std::fs::metadata(&paths[i]).map(|m| m.len()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let buckets = buckets(
+        missing,
+        |g| groups[g].iter().map(|&i| size(i)).sum(),
+        cores.min(plan.jobs.max(1)),
+    );
+    // One bound for all layer writes, whichever bucket they come from.
+    let limit = Arc::new(tokio::sync::Semaphore::new(plan.jobs.max(1)));
+    let runs = buckets.iter().map(|bucket| {
+        install_bucket(
+            plan,
+            cache,
+            env,
+            resolution,
+            paths,
+            groups,
+            bucket,
+            limit.clone(),
+        )
+    });
+    let done: Vec<Vec<(usize, LayerBlob)>> = futures_util::future::try_join_all(runs).await?;
+    let mut by_group: std::collections::HashMap<usize, LayerBlob> =
+        done.into_iter().flatten().collect();
+    Ok(missing
+        .iter()
+        .map(|g| by_group.remove(g).expect("every missing group built"))
+        .collect())
+}
+
+/// One pip run for the wheels of `bucket`'s groups, then their layers.
+#[allow(clippy::too_many_arguments)]
+async fn install_bucket(
+    plan: &BuildPlan,
+    cache: &Cache,
+    env: &PythonEnv,
+    resolution: &Resolution,
+    paths: &[std::path::PathBuf],
+    groups: &[Vec<usize>],
+    bucket: &[usize],
+    limit: Arc<tokio::sync::Semaphore>,
+) -> Result<Vec<(usize, LayerBlob)>, BuildError> {
+    let py = BuildError::Python;
+    let mut wanted: Vec<usize> = bucket.iter().flat_map(|&g| groups[g].clone()).collect();
+    wanted.sort_unstable();
     let subset = Resolution {
         wheels: wanted
             .iter()
@@ -393,8 +469,6 @@ async fn install_and_split(
             .collect(),
     };
     let subset_paths: Vec<std::path::PathBuf> = wanted.iter().map(|&i| paths[i].clone()).collect();
-    python::check_wheels(&subset_paths).await.map_err(py)?;
-    reporter.info(&format!("Installing {} wheel(s)", subset.wheels.len()));
     let scratch = cache.tempdir("install-").map_err(BuildError::Scratch)?;
     let staging = scratch.path().join("staging");
     std::fs::create_dir(&staging).map_err(BuildError::Scratch)?;
@@ -410,12 +484,10 @@ async fn install_and_split(
     .await
     .map_err(py)?;
     if plan.compile_bytecode {
-        reporter.info("Compiling the dependencies to bytecode");
         python::compile_bytecode(&env.sandbox, &env.interp, &staging)
             .await
             .map_err(py)?;
     }
-    reporter.info(&format!("Writing {} dependency layer(s)", missing.len()));
     let split_root = staging.clone();
     let mut by_dist =
         tokio::task::spawn_blocking(move || python::split::split_by_distribution(&split_root))
@@ -423,37 +495,27 @@ async fn install_and_split(
             .expect("split task")
             .map_err(|e| py(python::PythonError::Split(e)))?;
 
-    // One task per layer; the blocking pool bounds how many compress at once.
     let opts = LayerOptions {
         mtime: plan.source_date_epoch,
         compression: plan.compression,
     };
-    let limit = Arc::new(tokio::sync::Semaphore::new(plan.jobs.max(1)));
     let mut tasks = Vec::new();
-    for &g in missing {
+    for &g in bucket {
         let mut entries: Vec<LayerEntry> = Vec::new();
         for &i in &groups[g] {
             let name = normalize_name(&resolution.wheels[i].name);
             entries.extend(by_dist.remove(&name).unwrap_or_default());
         }
         let (c, o, limit) = (cache.clone(), opts.clone(), limit.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = limit.acquire_owned().await.expect("semaphore open");
-            tokio::task::spawn_blocking(move || layer::write_layer(entries, &o, &c))
-                .await
-                .expect("layer task")
-        }));
-    }
-    let mut blobs = Vec::new();
-    for t in tasks {
-        let blob = t
-            .await
-            .expect("layer task")
-            .map_err(|source| BuildError::Layer {
-                what: "dependencies",
-                source,
-            })?;
-        blobs.push(blob);
+        tasks.push((
+            g,
+            tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await.expect("semaphore open");
+                tokio::task::spawn_blocking(move || layer::write_layer(entries, &o, &c))
+                    .await
+                    .expect("layer task")
+            }),
+        ));
     }
     if let Some(name) = by_dist.keys().next() {
         // Installed, yet not in the resolution (a wheel named differently inside): still no file
@@ -463,6 +525,17 @@ async fn install_and_split(
                 path: format!("(files of {name}, which is not in the resolution)"),
             },
         )));
+    }
+    let mut blobs = Vec::new();
+    for (g, t) in tasks {
+        let blob = t
+            .await
+            .expect("layer task")
+            .map_err(|source| BuildError::Layer {
+                what: "dependencies",
+                source,
+            })?;
+        blobs.push((g, blob));
     }
     drop(scratch);
     Ok(blobs)
@@ -524,6 +597,16 @@ mod tests {
             after.len() > 3,
             "small packages are spread over several layers: {after:?}"
         );
+    }
+
+    #[test]
+    fn buckets_balance_bytes_and_keep_every_group_once() {
+        let w = [30u64, 1, 19, 13, 2];
+        let b = buckets(&[0, 1, 2, 3, 4], |g| w[g], 2);
+        // 30 → A, 19 → B, 13 → B (32), 2 → A (32), 1 → A: 33 against 32.
+        assert_eq!(b, vec![vec![0, 1, 4], vec![2, 3]]);
+        assert_eq!(buckets(&[3], |g| w[g], 4), vec![vec![3]]);
+        assert_eq!(buckets(&[0, 2], |g| w[g], 1), vec![vec![0, 2]]);
     }
 
     #[test]
