@@ -374,3 +374,28 @@ fn registry_auth_file_is_used_when_docker_config_has_nothing() {
     assert_pushed(&out, &reg);
     assert_no_secret(&out, PASSWORD);
 }
+
+#[test]
+fn a_missing_ssl_cert_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tls_registry_with_base(tmp.path());
+    let config = auths_config(&tmp.path().join("docker"), &t.reg, PASSWORD);
+    let missing = tmp.path().join("no-such-bundle.pem");
+    let out = build_and_push(
+        tmp.path(),
+        &t.reg,
+        &t.base,
+        &[("DOCKER_CONFIG", &config), ("SSL_CERT_FILE", &missing)],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "failed to load trusted certificates from SSL_CERT_FILE ({}): cannot read it",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert_not_pushed(&t.reg);
+}
