@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vxbuild::cache::Cache;
-use vxbuild::compress::ParallelGzWriter;
+use vxbuild::compress::ParallelWriter;
 use vxbuild::layer::{LayerOptions, entries_from_tree, write_layer};
 
 fn size_mb() -> usize {
@@ -141,18 +141,15 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(tar.len() as u64));
     g.bench_function("vxbuild", |b| {
         b.iter(|| {
-            let mut w = ParallelGzWriter::new(std::io::sink(), vxbuild::layer::GZIP_LEVEL);
+            let mut w = ParallelWriter::new(std::io::sink(), vxbuild::layer::GZIP_LEVEL);
             w.write_all(&tar).unwrap();
             w.finish().unwrap();
         })
     });
     g.bench_function("vxbuild-zstd", |b| {
         b.iter(|| {
-            let mut w = vxbuild::compress::ParallelWriter::with_codec(
-                std::io::sink(),
-                vxbuild::compress::Codec::Zstd,
-                0,
-            );
+            let mut w =
+                ParallelWriter::with_codec(std::io::sink(), vxbuild::compress::Codec::Zstd, 0);
             w.write_all(&tar).unwrap();
             w.finish().unwrap();
         })

@@ -159,9 +159,6 @@ fn zstd_block(input: &[u8]) -> io::Result<Compressed> {
     })
 }
 
-/// A gzip encoder writing to `inner` (see the module docs). Call [`ParallelGzWriter::finish`].
-pub type ParallelGzWriter<W> = ParallelWriter<W>;
-
 /// An encoder writing to `inner` (see the module docs). Call [`ParallelWriter::finish`].
 pub struct ParallelWriter<W: Write> {
     inner: W,
@@ -282,7 +279,7 @@ mod tests {
     use std::io::Read;
 
     fn gz(data: &[u8]) -> Vec<u8> {
-        let mut w = ParallelGzWriter::new(Vec::new(), 6);
+        let mut w = ParallelWriter::new(Vec::new(), 6);
         // Odd write sizes: block boundaries must not depend on them.
         for chunk in data.chunks(777_777) {
             w.write_all(chunk).unwrap();
@@ -331,7 +328,7 @@ mod tests {
     fn output_is_the_same_however_it_is_written() {
         let data = sample(2 * BLOCK_SIZE + 99);
         let a = gz(&data);
-        let mut w = ParallelGzWriter::new(Vec::new(), 6);
+        let mut w = ParallelWriter::new(Vec::new(), 6);
         for chunk in data.chunks(4096) {
             w.write_all(chunk).unwrap();
         }

@@ -149,6 +149,42 @@ pub(crate) struct PythonEnv {
     pub http: reqwest::Client,
 }
 
+impl PythonEnv {
+    /// Resolve the plan's requirements to exact wheels with the base's pip.
+    pub(crate) async fn resolve(
+        &self,
+        plan: &BuildPlan,
+        cache: &Cache,
+        reporter: &dyn Reporter,
+    ) -> Result<Resolution, BuildError> {
+        reporter.info(&format!(
+            "Resolving dependencies with Python {} ({})",
+            self.interp.version_string(),
+            self.interp.executable
+        ));
+        python::resolve(
+            &self.sandbox,
+            &self.interp,
+            &self.runner,
+            &plan.requirements,
+            &plan.pip,
+            cache,
+        )
+        .await
+        .map_err(BuildError::Python)
+    }
+}
+
+/// The HTTP client for wheel downloads, with the error as the build reports it.
+fn wheel_client() -> Result<reqwest::Client, BuildError> {
+    crate::http_client().map_err(|e| {
+        BuildError::Python(python::PythonError::Download {
+            url: "(client setup)".into(),
+            source: e,
+        })
+    })
+}
+
 /// Probe the base's python (or take what an earlier probe of the same base said) and pick pip.
 pub(crate) async fn python_env(
     plan: &BuildPlan,
@@ -160,12 +196,7 @@ pub(crate) async fn python_env(
     let py = BuildError::Python;
     let sandbox = Sandbox::new(rootfs).map_err(|e| py(e.into()))?;
     let interp = probe_cached(&sandbox, cache, base).await?;
-    let http = crate::http_client().map_err(|e| {
-        py(python::PythonError::Download {
-            url: "(client setup)".into(),
-            source: e,
-        })
-    })?;
+    let http = wheel_client()?;
     let runner = if interp.has_usable_pip() {
         PipRunner::Base
     } else {
@@ -236,21 +267,7 @@ where
         None => {
             let root = (rootfs.take().expect("first use"))().await?;
             let e = python_env(plan, cache, base, &root, reporter).await?;
-            reporter.info(&format!(
-                "Resolving dependencies with Python {} ({})",
-                e.interp.version_string(),
-                e.interp.executable
-            ));
-            let r = python::resolve(
-                &e.sandbox,
-                &e.interp,
-                &e.runner,
-                &plan.requirements,
-                &plan.pip,
-                cache,
-            )
-            .await
-            .map_err(py)?;
+            let r = e.resolve(plan, cache, reporter).await?;
             env = Some(e);
             r
         }
@@ -260,12 +277,7 @@ where
     }
     let http = match &env {
         Some(e) => e.http.clone(),
-        None => crate::http_client().map_err(|e| {
-            py(python::PythonError::Download {
-                url: "(client setup)".into(),
-                source: e,
-            })
-        })?,
+        None => wheel_client()?,
     };
     let paths = python::fetch_wheels(&resolution, cache, &http, plan.jobs, reporter)
         .await
@@ -327,6 +339,7 @@ where
             &env,
             &resolution,
             &paths,
+            &sizes,
             &groups,
             &missing,
             reporter,
@@ -401,6 +414,7 @@ async fn install_and_split(
     env: &PythonEnv,
     resolution: &Resolution,
     paths: &[std::path::PathBuf],
+    sizes: &[(String, u64)],
     groups: &[Vec<usize>],
     missing: &[usize],
     reporter: &dyn Reporter,
@@ -415,13 +429,12 @@ async fn install_and_split(
     if plan.compile_bytecode {
         reporter.info("Compiling the dependencies to bytecode");
     }
-    let size = |i: usize| std::fs::metadata(&paths[i]).map(|m| m.len()).unwrap_or(0);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let buckets = buckets(
         missing,
-        |g| groups[g].iter().map(|&i| size(i)).sum(),
+        |g| groups[g].iter().map(|&i| sizes[i].1).sum(),
         cores.min(plan.jobs.max(1)),
     );
     // One bound for all layer writes, whichever bucket they come from.

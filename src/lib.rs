@@ -375,22 +375,7 @@ pub async fn lock(
             .await
             .map_err(base_err)?;
         let env = deps::python_env(plan, &cache, &base, &rootfs, reporter).await?;
-        reporter.info(&format!(
-            "Resolving dependencies with Python {} ({})",
-            env.interp.version_string(),
-            env.interp.executable
-        ));
-        wheels = python::resolve(
-            &env.sandbox,
-            &env.interp,
-            &env.runner,
-            &plan.requirements,
-            &plan.pip,
-            &cache,
-        )
-        .await
-        .map_err(BuildError::Python)?
-        .wheels;
+        wheels = env.resolve(plan, &cache, reporter).await?.wheels;
     }
     let new = lock_file_for(plan, &state.inputs, &base, &wheels);
     lock::write(&state.path, &new).map_err(BuildError::Lock)?;
