@@ -6,19 +6,20 @@
 //! distribution spec describes them. Anything without valid credentials gets 401. Every request
 //! is logged (without secrets) so tests can check which flow a client used.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
+use super::stub::{Request, Stub};
+
 pub const SERVICE: &str = "vx-test-registry";
 pub const ISSUER: &str = "vx-test-issuer";
 
 pub struct TokenServer {
     pub port: u16,
+    _stub: Stub,
     /// The signing certificate (PEM), for the registry's `rootcertbundle`.
     pub bundle: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
@@ -62,20 +63,26 @@ impl TokenServer {
             password: password.into(),
             refresh_token: refresh_token.into(),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let thread_log = log.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (signer, accounts, log) =
-                    (signer.clone(), accounts.clone(), thread_log.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &signer, &accounts, &log);
-                });
-            }
+        let kept = log.clone();
+        let stub = Stub::start(move |r: &Request| {
+            let (status, json, entry) = answer(
+                &r.method,
+                &r.query,
+                &r.body,
+                r.headers.get("authorization").map(String::as_str),
+                &signer,
+                &accounts,
+            );
+            kept.lock().unwrap().push(format!("{entry} -> {status}"));
+            (status, json)
         });
-        TokenServer { port, bundle, log }
+        TokenServer {
+            port: stub.port,
+            bundle,
+            log,
+            _stub: stub,
+        }
     }
 
     pub fn realm(&self) -> String {
@@ -98,65 +105,7 @@ impl TokenServer {
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    signer: &Signer,
-    accounts: &Accounts,
-    log: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let (method, target) = (
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("").to_string(),
-        );
-        let mut length = 0usize;
-        let mut authorization = None;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = h.split_once(':') {
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    "authorization" => authorization = Some(value.trim().to_string()),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-        let (status, json, entry) = answer(
-            &method,
-            query,
-            &body,
-            authorization.as_deref(),
-            signer,
-            accounts,
-        );
-        log.lock()
-            .unwrap()
-            .push(format!("{entry} -> {}", status.split(' ').next().unwrap()));
-        write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-            json.len()
-        )?;
-        stream.flush()?;
-    }
-}
-
-/// (status line, JSON body, log entry)
+/// (status, JSON body, log entry)
 fn answer(
     method: &str,
     query: &str,
@@ -164,10 +113,10 @@ fn answer(
     authorization: Option<&str>,
     signer: &Signer,
     accounts: &Accounts,
-) -> (&'static str, String, String) {
+) -> (u16, String, String) {
     let unauthorized = |entry: String| {
         (
-            "401 Unauthorized",
+            401,
             r#"{"errors":[{"code":"UNAUTHORIZED","message":"invalid credentials"}]}"#.to_string(),
             entry,
         )
@@ -209,7 +158,7 @@ fn answer(
                 Some(u) => {
                     let jwt = sign(signer, &u, &scopes);
                     (
-                        "200 OK",
+                        200,
                         serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300})
                             .to_string(),
                         entry,
@@ -252,13 +201,13 @@ fn answer(
             }
             let jwt = sign(signer, &accounts.user, &scopes);
             (
-                "200 OK",
+                200,
                 serde_json::json!({"access_token": jwt, "expires_in": 300, "scope": scopes.join(" ")})
                     .to_string(),
                 entry,
             )
         }
-        _ => ("405 Method Not Allowed", "{}".into(), method.to_string()),
+        _ => (405, "{}".into(), method.to_string()),
     }
 }
 
