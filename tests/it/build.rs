@@ -51,7 +51,7 @@ pub fn text(b: &[u8]) -> String {
 }
 
 /// Run vxbuild; return its output without asserting success.
-pub fn vx(args: &[&str]) -> Output {
+pub fn vx<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     vxbuild()
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -60,7 +60,7 @@ pub fn vx(args: &[&str]) -> Output {
 }
 
 /// Run vxbuild, assert success and exactly one stdout line; return (that line, stderr).
-pub fn vx_ok(args: &[&str]) -> (String, String) {
+pub fn vx_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> (String, String) {
     let out = vx(args);
     assert!(
         out.status.success(),
@@ -95,6 +95,24 @@ pub fn offline_args(project: &Path, base: &str, wheels: &Path, cache: &Path) -> 
     .to_vec()
 }
 
+/// `build` + [`offline_args`] + `--image IMAGE --push`.
+pub fn offline_push_args(
+    project: &Path,
+    base: &str,
+    wheels: &Path,
+    cache: &Path,
+    image: &str,
+) -> Vec<String> {
+    let mut args = vec!["build".to_string()];
+    args.extend(offline_args(project, base, wheels, cache));
+    args.extend([
+        "--image".to_string(),
+        image.to_string(),
+        "--push".to_string(),
+    ]);
+    args
+}
+
 /// `build` + [`offline_args`] + `--output oci:OUT` + `extra`.
 fn offline_build_args(
     project: &Path,
@@ -121,7 +139,7 @@ pub fn offline_build_output(
     extra: &[&str],
 ) -> Output {
     let args = offline_build_args(project, base, wheels, cache, out, extra);
-    vx(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    vx(&args)
 }
 
 /// As [`offline_build_output`], asserting success; returns (the stdout line, stderr).
@@ -134,7 +152,7 @@ pub fn offline_build(
     extra: &[&str],
 ) -> (String, String) {
     let args = offline_build_args(project, base, wheels, cache, out, extra);
-    vx_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    vx_ok(&args)
 }
 
 /// `HOST/REPO:TAG@DIGEST` → `HOST/REPO@DIGEST` (skopeo refuses a tag and a digest together).

@@ -5,13 +5,12 @@
 //! test, with htpasswd basic auth, on this machine's non-loopback address (so nothing is waved
 //! through as loopback).
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use base64::Engine as _;
 
-use crate::build::{shared_cache, text, tiny_project};
+use crate::build::{offline_push_args, shared_cache, text, tiny_project};
 use crate::support::*;
 
 const USER: &str = "vx-user";
@@ -61,8 +60,6 @@ fn trust_in_certs_d(tmp: &Path, reg: &Registry, ca: &TestCa) {
 /// Write `docker-credential-NAME` into `bin`: it logs the server URL it was asked for to
 /// `bin/asked` and answers with `username`/`secret`.
 fn write_helper(bin: &Path, name: &str, username: &str, secret: &str) {
-    std::fs::create_dir_all(bin).unwrap();
-    let path = bin.join(format!("docker-credential-{name}"));
     let script = format!(
         "#!/bin/sh\n\
          [ \"$1\" = get ] || exit 3\n\
@@ -71,8 +68,7 @@ fn write_helper(bin: &Path, name: &str, username: &str, secret: &str) {
          printf '{{\"ServerURL\":\"%s\",\"Username\":\"{username}\",\"Secret\":\"{secret}\"}}\\n' \"$url\"\n",
         asked = bin.join("asked").display(),
     );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&bin.join(format!("docker-credential-{name}")), &script);
 }
 
 /// `vxbuild build` of the tiny project, pushed to `REG/x/y:v1`, with `env` set, `TMP/bin` first
@@ -88,36 +84,18 @@ fn build_and_push(
     let (project, wheels) = tiny_project(&tmp.join("tiny"));
     let image = format!("{}/x/y:v1", reg.host());
     let cache = shared_cache();
-    let bin = tmp.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .unwrap();
+    let path = path_with_first(&tmp.join("bin"));
     let mut cmd = vxbuild();
-    cmd.args([
-        "build",
-        project.to_str().unwrap(),
-        "--base-image",
-        base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--image",
-        &image,
-        "--push",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ])
-    .args(args)
-    .env("PATH", path)
-    // Keep the developer's own credentials and certificates out of it.
-    .env("HOME", tmp.join("home"))
-    .env("DOCKER_CONFIG", tmp.join("no-docker-config"))
-    .env("REGISTRY_AUTH_FILE", tmp.join("no-auth.json"))
-    .env_remove("XDG_RUNTIME_DIR")
-    .env_remove("SSL_CERT_FILE")
-    .env_remove("SSL_CERT_DIR");
+    cmd.args(offline_push_args(&project, base, &wheels, &cache, &image))
+        .args(args)
+        .env("PATH", path)
+        // Keep the developer's own credentials and certificates out of it.
+        .env("HOME", tmp.join("home"))
+        .env("DOCKER_CONFIG", tmp.join("no-docker-config"))
+        .env("REGISTRY_AUTH_FILE", tmp.join("no-auth.json"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::build::{by_digest, digest_of, offline_build, text, tiny_project, vx, vx_ok};
+use crate::build::{
+    by_digest, digest_of, offline_build, offline_push_args, text, tiny_project, vx, vx_ok,
+};
 use crate::support::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -267,23 +269,7 @@ fn a_push_through_a_flaky_network_lands_the_same_image() {
     let tmp = tempfile::tempdir().unwrap();
     let (project, wheels) = tiny_project(tmp.path());
     let cache = tmp.path().join("cache");
-    let build = |image: &str| {
-        vx_ok(&[
-            "build",
-            project.to_str().unwrap(),
-            "--base-image",
-            &base,
-            "--no-index",
-            "--find-links",
-            wheels.to_str().unwrap(),
-            "--image",
-            image,
-            "--push",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ])
-        .0
-    };
+    let build = |image: &str| vx_ok(&offline_push_args(&project, &base, &wheels, &cache, image)).0;
 
     let clean = build(&format!("{}/x/clean:v1", reg.host()));
     let started = Instant::now();
@@ -344,20 +330,13 @@ fn a_registry_that_is_down_fails_in_bounded_time_naming_the_host() {
     let tmp = tempfile::tempdir().unwrap();
     let (project, wheels) = tiny_project(tmp.path());
     let started = Instant::now();
-    let out = vx(&[
-        "build",
-        project.to_str().unwrap(),
-        "--base-image",
+    let out = vx(&offline_push_args(
+        &project,
         &base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--image",
+        &wheels,
+        &tmp.path().join("cache"),
         &format!("{dead}/x/y:v1"),
-        "--push",
-        "--cache-dir",
-        tmp.path().join("cache").to_str().unwrap(),
-    ]);
+    ));
     let took = started.elapsed();
     let stderr = text(&out.stderr);
     eprintln!("failed after {took:?}: {stderr}");
@@ -396,22 +375,8 @@ fn a_registry_killed_mid_push_fails_cleanly_and_the_same_command_completes_after
         &["--max-file-size", "1GB"],
     );
     let image = format!("{}/x/killed:v1", reg.host());
-    let args = [
-        "build",
-        project.to_str().unwrap(),
-        "--base-image",
-        &base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--max-file-size",
-        "1GB",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--image",
-        &image,
-        "--push",
-    ];
+    let mut args = offline_push_args(&project, &base, &wheels, &cache, &image);
+    args.extend(["--max-file-size".to_string(), "1GB".to_string()]);
 
     // Kill the registry as soon as the first upload to x/killed starts.
     let uploads = reg
@@ -419,7 +384,7 @@ fn a_registry_killed_mid_push_fails_cleanly_and_the_same_command_completes_after
         .path()
         .join("docker/registry/v2/repositories/x/killed/_uploads");
     let child = vxbuild()
-        .args(args)
+        .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

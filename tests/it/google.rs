@@ -11,7 +11,7 @@ use std::process::Output;
 
 use base64::Engine as _;
 
-use crate::build::{shared_cache, text, tiny_project};
+use crate::build::{offline_push_args, shared_cache, text, tiny_project};
 use crate::support::stub::{Request, Stub};
 use crate::support::*;
 
@@ -57,27 +57,16 @@ impl Ar {
     /// config, `env` set and `bin` first on PATH.
     fn build(&self, env: &[(&str, String)]) -> Output {
         let (project, wheels) = tiny_project(&self.tmp.path().join("tiny"));
-        let path = std::env::join_paths(std::iter::once(self.bin()).chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )))
-        .unwrap();
-        std::fs::create_dir_all(self.bin()).unwrap();
+        let path = path_with_first(&self.bin());
         let mut cmd = vxbuild();
-        cmd.args([
-            "build",
-            project.to_str().unwrap(),
-            "--base-image",
+        cmd.args(offline_push_args(
+            &project,
             &format!("{}/{BASE_REPOSITORY}:{BASE_TAG}", self.registry()),
-            "--no-index",
-            "--find-links",
-            wheels.to_str().unwrap(),
-            "--image",
+            &wheels,
+            &shared_cache(),
             &format!("{}/proj/repo/trainer:v1", self.registry()),
-            "--push",
-            "-v",
-            "--cache-dir",
-            shared_cache().to_str().unwrap(),
-        ])
+        ))
+        .arg("-v")
         .env("PATH", path)
         .env("HOME", self.home())
         .env("DOCKER_CONFIG", self.tmp.path().join("no-docker-config"))
@@ -359,15 +348,10 @@ fn an_external_account_exchanges_its_subject_token_at_sts() {
 #[test]
 fn gcloud_print_access_token_is_the_fallback() {
     let ar = Ar::start();
-    let gcloud = ar.bin().join("gcloud");
-    std::fs::create_dir_all(ar.bin()).unwrap();
-    std::fs::write(
-        &gcloud,
-        format!("#!/bin/sh\n[ \"$*\" = 'auth print-access-token' ] || exit 2\necho {TOKEN}\n"),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&gcloud, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(
+        &ar.bin().join("gcloud"),
+        &format!("#!/bin/sh\n[ \"$*\" = 'auth print-access-token' ] || exit 2\necho {TOKEN}\n"),
+    );
     let out = ar.build(&[]);
     ar.assert_pushed(&out, "gcloud auth print-access-token");
 }
@@ -376,15 +360,10 @@ fn gcloud_print_access_token_is_the_fallback() {
 fn without_any_google_credentials_the_error_says_what_was_tried() {
     let ar = Ar::start();
     // A gcloud with no account (this machine may have a real one: keep it out).
-    let gcloud = ar.bin().join("gcloud");
-    std::fs::create_dir_all(ar.bin()).unwrap();
-    std::fs::write(
-        &gcloud,
+    write_executable(
+        &ar.bin().join("gcloud"),
         "#!/bin/sh\necho 'ERROR: (gcloud.auth.print-access-token) no active account' >&2\nexit 1\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&gcloud, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let out = ar.build(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
-use crate::build::{digest_of, text, vx_ok};
+use crate::build::{digest_of, offline_push_args, text, vx_ok};
 use crate::support::*;
 
 /// A project needing `big` (a wheel of ~2.7 MB of base64 random data: its layer cannot shrink
@@ -57,29 +57,6 @@ fn project_with_a_big_dependency(dir: &Path) -> (PathBuf, PathBuf) {
     (project, wheels)
 }
 
-fn push_args(project: &Path, base: &str, wheels: &Path, cache: &Path, image: &str) -> Vec<String> {
-    [
-        "build",
-        project.to_str().unwrap(),
-        "--base-image",
-        base,
-        "--no-index",
-        "--find-links",
-        wheels.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--image",
-        image,
-        "--push",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn build(args: &[String]) -> (String, String) {
-    vx_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 /// The layer digests of a pushed image, in order.
 fn layers(reference: &str) -> Vec<String> {
     let m = skopeo_inspect_raw(&crate::build::by_digest(reference));
@@ -117,9 +94,9 @@ fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let cache = tmp.path().join("cache");
     let image = format!("{}/team/trainer:v1", reg.host());
-    let args = push_args(&project, &base, &wheels, &cache, &image);
+    let args = offline_push_args(&project, &base, &wheels, &cache, &image);
 
-    let (first, stderr1) = build(&args);
+    let (first, stderr1) = vx_ok(&args);
     assert!(stderr1.contains("Installing 5 wheel(s)"), "{stderr1}");
     let before = layers(&first);
 
@@ -128,7 +105,7 @@ fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
         "import bigmodel, bravo, charlie, delta\nprint('Training complete, v2', bigmodel.VERSION)\n",
     )
     .unwrap();
-    let (second, stderr2) = build(&args);
+    let (second, stderr2) = vx_ok(&args);
     // No resolution (the lock is fresh), no pip install: every dependency layer from the cache.
     assert!(!stderr2.contains("Resolving dependencies"), "{stderr2}");
     assert!(!stderr2.contains("Installing"), "{stderr2}");
@@ -170,9 +147,9 @@ fn bumping_one_dependency_uploads_only_its_layer() {
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let cache = tmp.path().join("cache");
     let image = format!("{}/team/trainer:v1", reg.host());
-    let args = push_args(&project, &base, &wheels, &cache, &image);
+    let args = offline_push_args(&project, &base, &wheels, &cache, &image);
 
-    let (first, _) = build(&args);
+    let (first, _) = vx_ok(&args);
     let stored = stored_blobs(&reg);
     let before = layers(&first);
 
@@ -181,7 +158,7 @@ fn bumping_one_dependency_uploads_only_its_layer() {
         "bigmodel==2.0\nbravo\ncharlie\ndelta\n",
     )
     .unwrap();
-    let (second, stderr) = build(&args);
+    let (second, stderr) = vx_ok(&args);
     // Only the bumped wheel is installed.
     assert!(stderr.contains("Installing 1 wheel(s)"), "{stderr}");
     let new: BTreeMap<PathBuf, u64> = stored_blobs(&reg)
@@ -214,21 +191,21 @@ fn the_layer_set_does_not_depend_on_the_cache() {
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let image = format!("{}/team/trainer:v1", reg.host());
     // A cold cache, then a second cold cache with the lock the first build wrote, then warm.
-    let (a, _) = build(&push_args(
+    let (a, _) = vx_ok(&offline_push_args(
         &project,
         &base,
         &wheels,
         &tmp.path().join("c1"),
         &image,
     ));
-    let (b, _) = build(&push_args(
+    let (b, _) = vx_ok(&offline_push_args(
         &project,
         &base,
         &wheels,
         &tmp.path().join("c2"),
         &image,
     ));
-    let (c, _) = build(&push_args(
+    let (c, _) = vx_ok(&offline_push_args(
         &project,
         &base,
         &wheels,
@@ -266,14 +243,14 @@ fn a_second_repository_gets_the_layers_mounted_from_the_first() {
     let tmp = tempfile::tempdir().unwrap();
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let cache = tmp.path().join("cache");
-    build(&push_args(
+    vx_ok(&offline_push_args(
         &project,
         &base,
         &wheels,
         &cache,
         &format!("{}/team/a:v1", reg.host()),
     ));
-    let mut args = push_args(
+    let mut args = offline_push_args(
         &project,
         &base,
         &wheels,
@@ -281,7 +258,7 @@ fn a_second_repository_gets_the_layers_mounted_from_the_first() {
         &format!("{}/team/b:v1", reg.host()),
     );
     args.push("-v".into());
-    let (b, stderr) = build(&args);
+    let (b, stderr) = vx_ok(&args);
     // Nothing uploaded: the cache remembers team/a has every blob and mounts them from there.
     assert!(!stderr.contains("Uploading"), "{stderr}");
     assert!(
@@ -299,8 +276,8 @@ fn a_blob_the_registry_lost_since_the_last_push_is_pushed_again() {
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let cache = tmp.path().join("cache");
     let image = format!("{}/team/trainer:v1", reg.host());
-    let args = push_args(&project, &base, &wheels, &cache, &image);
-    let (first, _) = build(&args);
+    let args = offline_push_args(&project, &base, &wheels, &cache, &image);
+    let (first, _) = vx_ok(&args);
     // The registry forgets the big dependency layer (as garbage collection would).
     let big = layers(&first)[skopeo_inspect_raw(&base)["layers"]
         .as_array()
@@ -323,7 +300,7 @@ fn a_blob_the_registry_lost_since_the_last_push_is_pushed_again() {
     assert_eq!(text(&status.stdout), "202", "delete {big}");
 
     std::fs::write(project.join("train.py"), "import bigmodel\nprint('v3')\n").unwrap();
-    let (second, stderr) = build(&args);
+    let (second, stderr) = vx_ok(&args);
     assert!(
         stderr.contains("refused the manifest; checking every blob again"),
         "{stderr}"
@@ -344,13 +321,13 @@ fn zstd_layers_push_pull_and_run_with_one_digest() {
     let tmp = tempfile::tempdir().unwrap();
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let image = format!("{}/team/zstd:v1", reg.host());
-    let mut a_args = push_args(&project, &base, &wheels, &tmp.path().join("c1"), &image);
+    let mut a_args = offline_push_args(&project, &base, &wheels, &tmp.path().join("c1"), &image);
     a_args.extend(["--compression".into(), "zstd".into()]);
-    let (a, _) = build(&a_args);
+    let (a, _) = vx_ok(&a_args);
     // Another cold cache, one job: the same bytes.
-    let mut b_args = push_args(&project, &base, &wheels, &tmp.path().join("c2"), &image);
+    let mut b_args = offline_push_args(&project, &base, &wheels, &tmp.path().join("c2"), &image);
     b_args.extend(["--compression", "zstd", "--jobs", "1"].map(String::from));
-    let (b, _) = build(&b_args);
+    let (b, _) = vx_ok(&b_args);
     assert_eq!(digest_of(&a), digest_of(&b));
 
     let manifest = skopeo_inspect_raw(&crate::build::by_digest(&a));
@@ -377,7 +354,7 @@ fn zstd_layers_push_pull_and_run_with_one_digest() {
         "{types:?}"
     );
     // gzip and zstd builds of the same inputs are different images.
-    let (g, _) = build(&push_args(
+    let (g, _) = vx_ok(&offline_push_args(
         &project,
         &base,
         &wheels,

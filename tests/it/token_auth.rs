@@ -8,7 +8,7 @@ use std::process::Output;
 
 use base64::Engine as _;
 
-use crate::build::{shared_cache, text, tiny_project};
+use crate::build::{offline_push_args, text, tiny_project};
 use crate::support::token_server::{SERVICE, TokenServer};
 use crate::support::*;
 
@@ -43,24 +43,15 @@ fn build_and_push(tmp: &Path, s: &Setup, config_json: &str) -> Output {
     let docker = tmp.join("docker");
     std::fs::create_dir_all(&docker).unwrap();
     std::fs::write(docker.join("config.json"), config_json).unwrap();
-    let cache = tmp.join("cache");
-    let _ = shared_cache();
     vxbuild()
-        .args([
-            "build",
-            project.to_str().unwrap(),
-            "--base-image",
+        .args(offline_push_args(
+            &project,
             &s.base,
-            "--no-index",
-            "--find-links",
-            wheels.to_str().unwrap(),
-            "--image",
+            &wheels,
+            &tmp.join("cache"),
             &format!("{}/team/trainer:v1", s.reg.host()),
-            "--push",
-            "-v",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ])
+        ))
+        .arg("-v")
         .env("HOME", tmp.join("home"))
         .env("DOCKER_CONFIG", &docker)
         .env("REGISTRY_AUTH_FILE", tmp.join("no-auth.json"))

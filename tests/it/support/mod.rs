@@ -299,6 +299,26 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `$PATH` with `dir` (created if missing) in front: for stand-in commands (a credential helper,
+/// gcloud) that must win over the machine's own.
+pub fn path_with_first(dir: &Path) -> std::ffi::OsString {
+    std::fs::create_dir_all(dir).unwrap();
+    std::env::join_paths(
+        std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )),
+    )
+    .unwrap()
+}
+
+/// Write an executable script at `path` (its folder created if missing).
+pub fn write_executable(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// The checkout this test binary was built from.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
