@@ -180,18 +180,29 @@ impl RegistryClient {
             Some(path) => DockerConfig::load(&path)?,
             None => DockerConfig::default(),
         };
+        let insecure_registries: Vec<String> = opts
+            .insecure_registries
+            .iter()
+            .map(|e| transport::normalize_host_entry(e))
+            .collect();
+        // Only for hosts this build lets fall back to HTTP: a host an earlier build named with
+        // --insecure-registry is verified HTTPS again once this one does not.
+        let seeds: Vec<(String, bool)> = opts
+            .known_schemes
+            .into_iter()
+            .filter(|(h, _)| {
+                transport::scheme_policy(h, &insecure_registries)
+                    == transport::SchemePolicy::HttpsThenHttp
+            })
+            .collect();
         Ok(RegistryClient {
             clients,
             trust,
             host_clients: Mutex::new(HashMap::new()),
-            insecure_registries: opts
-                .insecure_registries
-                .iter()
-                .map(|e| transport::normalize_host_entry(e))
-                .collect(),
+            insecure_registries,
             config,
             schemes: Mutex::new(
-                opts.known_schemes
+                seeds
                     .iter()
                     .map(|(h, https)| {
                         let scheme = if *https { Scheme::Https } else { Scheme::Http };
@@ -199,7 +210,7 @@ impl RegistryClient {
                     })
                     .collect(),
             ),
-            seeded_schemes: Mutex::new(opts.known_schemes.iter().map(|(h, _)| h.clone()).collect()),
+            seeded_schemes: Mutex::new(seeds.iter().map(|(h, _)| h.clone()).collect()),
             challenges: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             token_fetch: tokio::sync::Mutex::new(()),
@@ -800,6 +811,34 @@ fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_http_is_used_only_where_this_build_allows_http() {
+        let client = |insecure: Vec<String>| {
+            RegistryClient::new(ClientOptions {
+                insecure_registries: insecure,
+                docker_config: Some(PathBuf::from("/nonexistent/config.json")),
+                known_schemes: vec![
+                    ("127.0.0.1:5000".into(), false),
+                    ("reg.example:5000".into(), false),
+                ],
+                ..ClientOptions::default()
+            })
+            .unwrap()
+        };
+        let seeded = |c: &RegistryClient| {
+            let mut v: Vec<String> = c.schemes.lock().unwrap().keys().cloned().collect();
+            v.sort();
+            v
+        };
+        // Without --insecure-registry, reg.example gets verified HTTPS, whatever an earlier
+        // build found.
+        assert_eq!(seeded(&client(Vec::new())), ["127.0.0.1:5000"]);
+        assert_eq!(
+            seeded(&client(vec!["reg.example:5000".into()])),
+            ["127.0.0.1:5000", "reg.example:5000"]
+        );
+    }
 
     #[test]
     fn media_type_from_header_or_body() {
