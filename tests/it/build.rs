@@ -258,12 +258,7 @@ fn train_example_builds_pushes_pulls_and_prints_training_complete() {
         build_push_pull("train", &reg, &base, tmp.path(), &[]);
     assert_contract(&config, &rootfs, &["python", "train.py"]);
     let out = run_entrypoint(&rootfs, &config);
-    assert!(
-        text(&out.stdout).contains("Training complete"),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_stdout_contains(&out, "Training complete");
     // Install paths and shebangs come from the base's own python.
     assert!(
         rootfs
@@ -327,12 +322,7 @@ fn preprocess_example_runs_the_script_named_in_vxbuild_toml() {
         build_push_pull("preprocess", &reg, &base, tmp.path(), &[]);
     assert_contract(&config, &rootfs, &["python", "preprocess_train.py"]);
     let out = run_entrypoint(&rootfs, &config);
-    assert!(
-        text(&out.stdout).contains("Preprocessing complete"),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_stdout_contains(&out, "Preprocessing complete");
 }
 
 #[test]
@@ -383,12 +373,7 @@ fn gcs_example_leaves_the_large_csv_out_names_it_and_imports_storage() {
             "import google.cloud.storage, sklearn, numpy; print('storage ok')",
         ],
     );
-    assert!(
-        text(&out.stdout).contains("storage ok"),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_stdout_contains(&out, "storage ok");
     // Raising the limit puts it back.
     let (_r2, stderr2) = vx_ok(&[
         "build",

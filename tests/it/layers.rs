@@ -131,12 +131,7 @@ fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
     let rootfs = unpack_layout(&dir, "v1", &tmp.path().join("rootfs"));
     let config = skopeo_inspect_config(&format!("oci:{}:v1", dir.display()));
     let out = run_entrypoint(&rootfs, &config);
-    assert!(
-        text(&out.stdout).contains("Training complete, v2 1.0"),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_stdout_contains(&out, "Training complete, v2 1.0");
 }
 
 #[test]
@@ -378,10 +373,5 @@ fn zstd_layers_push_pull_and_run_with_one_digest() {
     let rootfs = unpack_layout(&dir, "v1", &tmp.path().join("rootfs"));
     let config = skopeo_inspect_config(&format!("oci:{}:v1", dir.display()));
     let out = run_entrypoint(&rootfs, &config);
-    assert!(
-        text(&out.stdout).contains("Training complete 1.0"),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_stdout_contains(&out, "Training complete 1.0");
 }

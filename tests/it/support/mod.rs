@@ -311,6 +311,18 @@ pub fn path_with_first(dir: &Path) -> std::ffi::OsString {
     .unwrap()
 }
 
+/// Assert that a run printed `needle` on stdout; the message shows both streams.
+pub fn assert_stdout_contains(out: &Output, needle: &str) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains(needle),
+        "expected {needle:?} on stdout\nstdout: {stdout}\nstderr: {stderr}"
+    );
+}
+
 /// Write an executable script at `path` (its folder created if missing).
 pub fn write_executable(path: &Path, script: &str) {
     use std::os::unix::fs::PermissionsExt as _;
