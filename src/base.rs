@@ -12,6 +12,7 @@ use crate::oci::{self, Descriptor, Index, Manifest, Platform};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::report::Reporter;
+use crate::scratch::{Scratch, ScratchPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -235,55 +236,161 @@ pub async fn fetch_layers(
     Ok(paths)
 }
 
-/// The base's root filesystem, unpacked once per manifest digest and prepared for the sandbox.
-pub async fn rootfs(
-    base: &BaseImage,
-    layer_paths: Vec<PathBuf>,
-    cache: &Cache,
-    reporter: &dyn Reporter,
-) -> Result<PathBuf, BaseError> {
-    let dir = cache.rootfs_dir(&base.manifest_digest);
-    if dir.join(".complete").is_file() {
-        return Ok(dir.join("rootfs"));
+/// What a build needs to know of the base's root filesystem without unpacking it again:
+/// recorded per base manifest when it is unpacked.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct RootfsFacts {
+    /// Whether /home exists (autopackaging's `mkdir -p /home`).
+    home: bool,
+}
+
+/// The base's root filesystem for the sandbox, made on first use: the cache's copy when an
+/// earlier build kept one there, else unpacked into a scratch tree in memory when it fits
+/// ([`crate::scratch`]; gone with the build), else unpacked into the cache and kept.
+pub struct Rootfs<'a> {
+    base: &'a BaseImage,
+    layers: Vec<PathBuf>,
+    cache: &'a Cache,
+    policy: ScratchPolicy,
+    made: tokio::sync::OnceCell<(PathBuf, Option<Scratch>)>,
+}
+
+impl<'a> Rootfs<'a> {
+    /// `layers`: the base's layer blobs in the cache, in order ([`fetch_layers`]).
+    pub fn new(
+        base: &'a BaseImage,
+        layers: Vec<PathBuf>,
+        cache: &'a Cache,
+        policy: ScratchPolicy,
+    ) -> Self {
+        Rootfs {
+            base,
+            layers,
+            cache,
+            policy,
+            made: tokio::sync::OnceCell::new(),
+        }
     }
-    reporter.info(&format!("Unpacking {}", base.name));
-    let tmp = cache
-        .tempdir("rootfs-")
-        .map_err(|source| BaseError::RootfsCache {
-            path: cache.tmp_dir(),
-            source,
-        })?;
-    let root = tmp.path().join("rootfs");
-    std::fs::create_dir(&root).map_err(|source| BaseError::RootfsCache {
-        path: root.clone(),
-        source,
-    })?;
-    let r = root.clone();
-    tokio::task::spawn_blocking(move || crate::unpack::unpack_layers(&layer_paths, &r))
-        .await
-        .expect("unpack task")
-        .map_err(|source| BaseError::Unpack {
-            reference: base.name.clone(),
+
+    /// The root filesystem's path, unpacking it on the first call.
+    pub async fn path(&self, reporter: &dyn Reporter) -> Result<PathBuf, BaseError> {
+        let (p, _) = self.made.get_or_try_init(|| self.make(reporter)).await?;
+        Ok(p.clone())
+    }
+
+    /// Whether the base lacks /home: from the record of an earlier unpack of this base, so a
+    /// build that runs no pip unpacks nothing.
+    pub async fn home_missing(&self, reporter: &dyn Reporter) -> Result<bool, BaseError> {
+        let key = self.facts_key();
+        if let Some(f) = self
+            .cache
+            .get_record::<RootfsFacts>("rootfs-facts-v1", &key)
+        {
+            return Ok(!f.home);
+        }
+        let root = self.path(reporter).await?;
+        Ok(std::fs::symlink_metadata(root.join("home")).is_err())
+    }
+
+    fn facts_key(&self) -> Digest {
+        Digest::of(format!("rootfs facts v1\n{}", self.base.manifest_digest).as_bytes())
+    }
+
+    async fn make(&self, reporter: &dyn Reporter) -> Result<(PathBuf, Option<Scratch>), BaseError> {
+        let base = self.base;
+        let cache = self.cache;
+        let dir = cache.rootfs_dir(&base.manifest_digest);
+        if dir.join(".complete").is_file() {
+            return Ok((dir.join("rootfs"), None));
+        }
+        let need = unpacked_size(&self.layers);
+        let scratch = crate::scratch::create(cache, "rootfs-", need, true, self.policy).map_err(
+            |source| BaseError::RootfsCache {
+                path: cache.tmp_dir(),
+                source,
+            },
+        )?;
+        let where_ = if scratch.in_memory() {
+            "in memory"
+        } else {
+            "into the cache"
+        };
+        reporter.info(&format!("Unpacking {}", base.name));
+        reporter.debug(&format!(
+            "unpacking {} ({} MB estimated) {where_}: {}",
+            base.name,
+            need / 1_000_000,
+            scratch.path().display()
+        ));
+        let root = scratch.path().join("rootfs");
+        std::fs::create_dir(&root).map_err(|source| BaseError::RootfsCache {
             path: root.clone(),
             source,
         })?;
-    crate::sandbox::prepare_rootfs(&root)?;
-    std::fs::write(tmp.path().join(".complete"), base.manifest_digest.as_str()).map_err(
-        |source| BaseError::RootfsCache {
-            path: tmp.path().into(),
-            source,
-        },
-    )?;
-    let tmp_path = tmp.keep();
-    if let Err(e) = std::fs::rename(&tmp_path, &dir) {
-        // Another build may have finished the same rootfs first; use theirs.
-        let _ = std::fs::remove_dir_all(&tmp_path);
-        if !dir.join(".complete").is_file() {
-            return Err(BaseError::RootfsCache {
-                path: dir,
-                source: e,
-            });
+        let (r, layer_paths) = (root.clone(), self.layers.clone());
+        tokio::task::spawn_blocking(move || crate::unpack::unpack_layers(&layer_paths, &r))
+            .await
+            .expect("unpack task")
+            .map_err(|source| BaseError::Unpack {
+                reference: base.name.clone(),
+                path: root.clone(),
+                source,
+            })?;
+        let facts = RootfsFacts {
+            home: std::fs::symlink_metadata(root.join("home")).is_ok(),
+        };
+        crate::sandbox::prepare_rootfs(&root)?;
+        let _ = cache.put_record("rootfs-facts-v1", &self.facts_key(), &facts);
+        if scratch.in_memory() {
+            return Ok((root, Some(scratch)));
         }
+        // On disk: keep it in the cache for the next build that runs pip.
+        std::fs::write(
+            scratch.path().join(".complete"),
+            base.manifest_digest.as_str(),
+        )
+        .map_err(|source| BaseError::RootfsCache {
+            path: scratch.path().into(),
+            source,
+        })?;
+        let tmp_path = scratch.keep();
+        if let Err(e) = std::fs::rename(&tmp_path, &dir) {
+            // Another build may have finished the same rootfs first; use theirs.
+            let _ = std::fs::remove_dir_all(&tmp_path);
+            if !dir.join(".complete").is_file() {
+                return Err(BaseError::RootfsCache {
+                    path: dir,
+                    source: e,
+                });
+            }
+        }
+        Ok((dir.join("rootfs"), None))
     }
-    Ok(dir.join("rootfs"))
+}
+
+/// About how many bytes the layers unpack to: gzip's trailer holds the uncompressed size (mod
+/// 2^32); other layers are counted at 4x their compressed size. Plus 10% for file-system
+/// overhead.
+fn unpacked_size(layers: &[PathBuf]) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let one = |p: &PathBuf| -> Option<u64> {
+        let mut f = std::fs::File::open(p).ok()?;
+        let len = f.metadata().ok()?.len();
+        let mut magic = [0u8; 2];
+        f.read_exact(&mut magic).ok()?;
+        if magic != [0x1f, 0x8b] || len < 18 {
+            return Some(len * 4);
+        }
+        f.seek(SeekFrom::End(-4)).ok()?;
+        let mut isize = [0u8; 4];
+        f.read_exact(&mut isize).ok()?;
+        let n = u32::from_le_bytes(isize) as u64;
+        // A layer over 4 GiB wraps: never trust less than the compressed size.
+        Some(if n < len { len * 4 } else { n })
+    };
+    let total = layers
+        .iter()
+        .map(|p| one(p).unwrap_or(u64::MAX))
+        .fold(0u64, u64::saturating_add);
+    total.saturating_add(total / 10)
 }

@@ -53,10 +53,12 @@ impl Cache {
         for sub in [
             "blobs-v1/sha256",
             "rootfs-v1",
+            "rootfs-facts-v1",
             "wheels-v1",
             "pip-v1",
             "layers-v1",
             "probe-v1",
+            "pycache-v1",
             "pushed-v1",
             "hosts-v1",
             "tmp",
@@ -213,6 +215,11 @@ impl Cache {
     }
 
     /// Where an unpacked base rootfs lives, keyed by the platform manifest's digest.
+    /// The sandbox's Python bytecode cache for one base ([`crate::sandbox::Sandbox::with_bytecode_cache`]).
+    pub fn pycache_dir(&self, manifest: &Digest) -> PathBuf {
+        self.root.join("pycache-v1").join(manifest.hex())
+    }
+
     pub fn rootfs_dir(&self, manifest: &Digest) -> PathBuf {
         self.root.join("rootfs-v1").join(manifest.hex())
     }

@@ -153,6 +153,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "CODEC", value_parser = ["gzip", "zstd"])]
     pub compression: Option<String>,
 
+    /// Where the base's unpacked root filesystem and pip's staging roots go: `auto` puts them in
+    /// memory (/dev/shm) when they fit, `disk` in the cache folder.
+    #[arg(long, value_name = "WHERE", env = "VXBUILD_SCRATCH", value_parser = ["auto", "disk"])]
+    pub scratch: Option<String>,
+
     /// Compile the installed dependencies to .pyc in the sandbox (unchecked-hash, reproducible).
     #[arg(long)]
     pub compile_bytecode: bool,

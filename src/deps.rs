@@ -38,8 +38,8 @@ pub const MAX_DEP_LAYERS: usize = 100;
 /// A shared layer holds at most this many distributions.
 const MAX_GROUP: usize = 16;
 /// Version of the layer key and of how a layer is made from installed files; bump it when either
-/// changes, so old cache entries are not used.
-const LAYER_FORMAT: &str = "vxbuild dependency layer v2 (tar; gzip 6 or zstd 3 in 1 MiB blocks)";
+/// changes, so old cache entries are not used (the bytes' own format is [`layer::FORMAT`]).
+const LAYER_FORMAT: &str = "vxbuild dependency layer v2";
 /// Version of the probe record.
 const PROBE_FORMAT: &str = "vxbuild probe v1";
 
@@ -120,7 +120,8 @@ impl InstallScheme {
 
     fn layer_key(&self, plan: &BuildPlan, members: &[&PinnedWheel]) -> Digest {
         let mut text = format!(
-            "{LAYER_FORMAT}\nscheme {}\nmtime {}\ncompile {}\ncompression {}\n",
+            "{LAYER_FORMAT}\n{}\nscheme {}\nmtime {}\ncompile {}\ncompression {}\n",
+            layer::FORMAT,
             self.fingerprint,
             plan.source_date_epoch,
             plan.compile_bytecode,
@@ -146,7 +147,7 @@ pub(crate) struct PythonEnv {
     pub sandbox: Sandbox,
     pub interp: Interpreter,
     pub runner: PipRunner,
-    pub http: reqwest::Client,
+    pub http: crate::LazyHttp,
 }
 
 impl PythonEnv {
@@ -162,7 +163,7 @@ impl PythonEnv {
             self.interp.version_string(),
             self.interp.executable
         ));
-        python::resolve(
+        let r = python::resolve(
             &self.sandbox,
             &self.interp,
             &self.runner,
@@ -171,18 +172,10 @@ impl PythonEnv {
             cache,
         )
         .await
-        .map_err(BuildError::Python)
+        .map_err(BuildError::Python)?;
+        reporter.debug(&format!("resolved {} wheel(s)", r.wheels.len()));
+        Ok(r)
     }
-}
-
-/// The HTTP client for wheel downloads, with the error as the build reports it.
-fn wheel_client() -> Result<reqwest::Client, BuildError> {
-    crate::http_client().map_err(|e| {
-        BuildError::Python(python::PythonError::Download {
-            url: "(client setup)".into(),
-            source: e,
-        })
-    })
 }
 
 /// Probe the base's python (or take what an earlier probe of the same base said) and pick pip.
@@ -194,9 +187,13 @@ pub(crate) async fn python_env(
     reporter: &dyn Reporter,
 ) -> Result<PythonEnv, BuildError> {
     let py = BuildError::Python;
-    let sandbox = Sandbox::new(rootfs).map_err(|e| py(e.into()))?;
+    let mut sandbox = Sandbox::new(rootfs).map_err(|e| py(e.into()))?;
+    let pycache = cache.pycache_dir(&base.manifest_digest);
+    if std::fs::create_dir_all(&pycache).is_ok() {
+        sandbox = sandbox.with_bytecode_cache(pycache);
+    }
     let interp = probe_cached(&sandbox, cache, base).await?;
-    let http = wheel_client()?;
+    let http = crate::LazyHttp::default();
     let runner = if interp.has_usable_pip() {
         PipRunner::Base
     } else {
@@ -205,7 +202,13 @@ pub(crate) async fn python_env(
             interp.pip_description(),
             interp.version_string()
         ));
-        python::bootstrap::bootstrap_pip(&interp, &plan.pip, cache, &http)
+        let client = http.get().map_err(|e| {
+            py(python::PythonError::Download {
+                url: "(client setup)".into(),
+                source: e,
+            })
+        })?;
+        python::bootstrap::bootstrap_pip(&interp, &plan.pip, cache, client)
             .await
             .map_err(|e| py(e.into()))?
     };
@@ -277,11 +280,12 @@ where
     }
     let http = match &env {
         Some(e) => e.http.clone(),
-        None => wheel_client()?,
+        None => crate::LazyHttp::default(),
     };
     let paths = python::fetch_wheels(&resolution, cache, &http, plan.jobs, reporter)
         .await
         .map_err(py)?;
+    reporter.debug("every wheel is in the cache");
     let sizes: Vec<(String, u64)> = resolution
         .wheels
         .iter()
@@ -420,11 +424,16 @@ async fn install_and_split(
     reporter: &dyn Reporter,
 ) -> Result<Vec<LayerBlob>, BuildError> {
     let py = BuildError::Python;
-    let wanted: Vec<std::path::PathBuf> = missing
+    let wanted: Vec<usize> = missing
         .iter()
-        .flat_map(|&g| groups[g].iter().map(|&i| paths[i].clone()))
+        .flat_map(|&g| groups[g].iter().copied())
         .collect();
-    python::check_wheels(&wanted).await.map_err(py)?;
+    let wanted_paths: Vec<std::path::PathBuf> = wanted.iter().map(|&i| paths[i].clone()).collect();
+    let installed_sizes = python::check_wheels(&wanted_paths).await.map_err(py)?;
+    let mut installed = vec![0u64; paths.len()];
+    for (&i, n) in wanted.iter().zip(installed_sizes) {
+        installed[i] = n;
+    }
     reporter.info(&format!("Installing {} wheel(s)", wanted.len()));
     if plan.compile_bytecode {
         reporter.info("Compiling the dependencies to bytecode");
@@ -448,7 +457,9 @@ async fn install_and_split(
             paths,
             groups,
             bucket,
+            &installed,
             limit.clone(),
+            reporter,
         )
     });
     let done: Vec<Vec<(usize, LayerBlob)>> = futures_util::future::try_join_all(runs).await?;
@@ -470,7 +481,9 @@ async fn install_bucket(
     paths: &[std::path::PathBuf],
     groups: &[Vec<usize>],
     bucket: &[usize],
+    installed: &[u64],
     limit: Arc<tokio::sync::Semaphore>,
+    reporter: &dyn Reporter,
 ) -> Result<Vec<(usize, LayerBlob)>, BuildError> {
     let py = BuildError::Python;
     let mut wanted: Vec<usize> = bucket.iter().flat_map(|&g| groups[g].clone()).collect();
@@ -482,7 +495,16 @@ async fn install_bucket(
             .collect(),
     };
     let subset_paths: Vec<std::path::PathBuf> = wanted.iter().map(|&i| paths[i].clone()).collect();
-    let scratch = cache.tempdir("install-").map_err(BuildError::Scratch)?;
+    // pip's writes go to memory when they fit: thousands of small files (crate::scratch).
+    let need: u64 = wanted.iter().map(|&i| installed[i]).sum();
+    let scratch = crate::scratch::create(cache, "install-", need, false, plan.scratch)
+        .map_err(BuildError::Scratch)?;
+    reporter.debug(&format!(
+        "installing {} wheel(s) ({} MB) into {}",
+        wanted.len(),
+        need / 1_000_000,
+        scratch.path().display()
+    ));
     let staging = scratch.path().join("staging");
     std::fs::create_dir(&staging).map_err(BuildError::Scratch)?;
     python::install(

@@ -21,6 +21,11 @@ use crate::oci;
 
 /// The gzip level every layer is compressed with. Changing it changes every layer digest.
 pub const GZIP_LEVEL: u32 = 6;
+/// What a layer's bytes depend on besides its files: part of every layer cache key, so a change
+/// here (tar layout, compressor, its backend or settings) never mixes old cached layers with new
+/// ones. Bump it with the goldens (golden_digest, testdata/golden.toml).
+pub const FORMAT: &str =
+    "tar v1; gzip 6 (flate2 zlib-rs 0.6) or zstd 3; 1 MiB blocks; layers format v3";
 const BLOCK: u64 = 512;
 /// ustar header field sizes.
 const NAME_LEN: usize = 100;
@@ -1082,7 +1087,7 @@ mod tests {
         );
         assert_eq!(
             blob.digest.as_str(),
-            "sha256:3939da28f235a79716083f1f006126ab7781df05dc14ebdb205719d9ced8f2ff"
+            "sha256:f6a7ed2913aa8e67f6109303d66e87b9ac0c7d65f58ad60e1a545e8728cef69f"
         );
     }
 
@@ -1114,7 +1119,7 @@ mod tests {
         let blob = write_layer(entries, &LayerOptions::default(), &cache).unwrap();
         assert_eq!(
             blob.digest.as_str(),
-            "sha256:b02b92aa2c175c7b5598bce107cc35e4f8b32e36da50069f015aa4601228cb3b"
+            "sha256:b40d9ecf07670b90457b8d3c01bfe0a8301511624a1ac5b7ea841d22f94f2906"
         );
     }
 

@@ -26,6 +26,7 @@ pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod sandbox;
+pub mod scratch;
 pub mod source;
 pub mod unpack;
 
@@ -161,15 +162,11 @@ pub async fn build(
         .and_then(|l| l.base_for(&plan.base.to_string(), &plan.platform.to_string()))
         .and_then(|_| watch_base_tag(plan, &client, &base));
 
-    // The base's root filesystem (unpacked once per base, cached): the sandbox's root, and what
-    // tells whether /home must be created, as autopackaging's `mkdir -p /home` would.
+    // The base's root filesystem: the sandbox's root, unpacked only when pip must run.
     let layer_paths = base::fetch_layers(&client, &base, &cache, plan.jobs, reporter)
         .await
         .map_err(base_err)?;
-    let rootfs = base::rootfs(&base, layer_paths, &cache, reporter)
-        .await
-        .map_err(base_err)?;
-    let home_missing = std::fs::symlink_metadata(rootfs.join("home")).is_err();
+    let rootfs = base::Rootfs::new(&base, layer_paths, &cache, plan.scratch);
 
     // Stage 2: dependencies, installed by the base's own python in the sandbox.
     let mut new_layers = Vec::new();
@@ -182,13 +179,12 @@ pub async fn build(
             }
             None => None,
         };
-        let root = rootfs.clone();
         let (layers, pinned) = deps::dependency_layers(
             plan,
             &cache,
             &base,
             locked,
-            || async move { Ok(root) },
+            || async { rootfs.path(reporter).await.map_err(base_err) },
             reporter,
         )
         .await?;
@@ -196,7 +192,10 @@ pub async fn build(
         wheels = pinned;
     }
 
-    // Stage 3: the application layer.
+    // Stage 3: the application layer (with /home when the base lacks it, as autopackaging's
+    // `mkdir -p /home`).
+    let home_missing = rootfs.home_missing(reporter).await.map_err(base_err)?;
+    drop(rootfs);
     let mut entries: Vec<LayerEntry> = vec![LayerEntry {
         path: "usr/app".into(),
         mode: 0o777,
@@ -216,7 +215,8 @@ pub async fn build(
     // Keyed by what goes in: a build with the same files reuses the blob without reading them.
     let app_key = Digest::of(
         format!(
-            "vxbuild application layer v2 (tar; gzip 6 or zstd 3 in 1 MiB blocks)\n{}\nhome {home_missing}\nmtime {}\ncompression {}\n",
+            "vxbuild application layer v2\n{}\n{}\nhome {home_missing}\nmtime {}\ncompression {}\n",
+            layer::FORMAT,
             sources.content_hash,
             plan.source_date_epoch,
             plan.compression.name()
@@ -258,7 +258,7 @@ pub async fn build(
     )
     .map_err(BuildError::Image)?;
 
-    // Stage 5: publish (the base's layers are in the cache since the rootfs was made).
+    // Stage 5: publish (fetch_layers put the base's layers in the cache).
     for out in &plan.outputs {
         let res = match out {
             LocalOutput::Layout { dir, tag } => {
@@ -371,10 +371,9 @@ pub async fn lock(
         let layer_paths = base::fetch_layers(&client, &base, &cache, plan.jobs, reporter)
             .await
             .map_err(base_err)?;
-        let rootfs = base::rootfs(&base, layer_paths, &cache, reporter)
-            .await
-            .map_err(base_err)?;
-        let env = deps::python_env(plan, &cache, &base, &rootfs, reporter).await?;
+        let rootfs = base::Rootfs::new(&base, layer_paths, &cache, plan.scratch);
+        let root = rootfs.path(reporter).await.map_err(base_err)?;
+        let env = deps::python_env(plan, &cache, &base, &root, reporter).await?;
         wheels = env.resolve(plan, &cache, reporter).await?.wheels;
     }
     let new = lock_file_for(plan, &state.inputs, &base, &wheels);
@@ -434,6 +433,21 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(concat!("vxbuild/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// An [`http_client`] made on first use: making one loads the system's trust roots (a few ms),
+/// which a build whose wheels are all cached never needs.
+#[derive(Debug, Default, Clone)]
+pub struct LazyHttp(std::sync::Arc<std::sync::OnceLock<reqwest::Client>>);
+
+impl LazyHttp {
+    pub fn get(&self) -> Result<&reqwest::Client, reqwest::Error> {
+        if let Some(c) = self.0.get() {
+            return Ok(c);
+        }
+        let c = http_client()?;
+        Ok(self.0.get_or_init(|| c))
+    }
 }
 
 /// Add the files of an extra folder under `rel` (its path relative to the project), keeping what

@@ -103,12 +103,21 @@ fn main() -> ExitCode {
         started,
     });
     let result = match upgrade {
-        None => runtime
-            .block_on(vxbuild::build(&plan, reporter))
-            .map(|o| o.reference),
-        Some(upgrade) => runtime
-            .block_on(vxbuild::lock(&plan, upgrade, reporter))
-            .map(|p| p.display().to_string()),
+        None => runtime.block_on(interruptible(async {
+            vxbuild::build(&plan, reporter).await.map(|o| o.reference)
+        })),
+        Some(upgrade) => runtime.block_on(interruptible(async {
+            vxbuild::lock(&plan, upgrade, reporter)
+                .await
+                .map(|p| p.display().to_string())
+        })),
+    };
+    let Some(result) = result else {
+        // The build was dropped: its scratch folders (some in /dev/shm) are removed, its
+        // sandboxed programs killed, nothing was tagged.
+        eprintln!("error: interrupted");
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        return ExitCode::from(130);
     };
     match result {
         Ok(line) => {
@@ -119,5 +128,21 @@ fn main() -> ExitCode {
             eprintln!("error: {:#}", anyhow::Error::new(e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Run `work` until it ends or the process gets SIGINT or SIGTERM (then `None`, `work` dropped).
+async fn interruptible<T>(work: impl std::future::Future<Output = T>) -> Option<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return Some(work.await);
+    };
+    tokio::select! {
+        r = work => Some(r),
+        _ = int.recv() => None,
+        _ = term.recv() => None,
     }
 }

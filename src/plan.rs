@@ -125,6 +125,8 @@ pub struct BuildPlan {
     pub compile_bytecode: bool,
     /// How new layers are compressed.
     pub compression: crate::compress::Codec,
+    /// Where scratch trees go (`--scratch`).
+    pub scratch: crate::scratch::ScratchPolicy,
     /// How vxbuild.lock is used.
     pub lock_mode: LockMode,
     /// Absolute paths inside the project that are the build's own (outputs, cache): never copied.
@@ -517,6 +519,10 @@ fn plan_for(
         jobs: args.jobs,
         compile_bytecode: args.compile_bytecode,
         compression,
+        scratch: match args.scratch.as_deref() {
+            Some("disk") => crate::scratch::ScratchPolicy::Disk,
+            _ => crate::scratch::ScratchPolicy::Auto,
+        },
         lock_mode: if args.no_lock {
             LockMode::Off
         } else if args.locked {

@@ -383,6 +383,7 @@ fn pip_command(
     cmd.argv = argv;
     cmd.env = base_env(&interp.path_env);
     cmd.network = network;
+    cmd.python_bytecode = interp.version >= (3, 8, 0);
     if network {
         if let Some(ca) = &opts.ca_bundle {
             cmd = cmd.ro(ca, "/vx/ca.pem").env("PIP_CERT", "/vx/ca.pem");
@@ -701,7 +702,7 @@ fn percent_decode(s: &str) -> String {
 pub async fn fetch_wheels(
     resolution: &Resolution,
     cache: &Cache,
-    http: &reqwest::Client,
+    http: &crate::LazyHttp,
     jobs: usize,
     reporter: &dyn Reporter,
 ) -> Result<Vec<PathBuf>, PythonError> {
@@ -714,17 +715,20 @@ pub async fn fetch_wheels(
     Ok(results)
 }
 
-/// [`check_wheel_entries`] for each wheel, off the async workers.
-pub async fn check_wheels(paths: &[PathBuf]) -> Result<(), PythonError> {
+/// [`check_wheel_entries`] for each wheel, off the async workers: about how many bytes each
+/// installs.
+pub async fn check_wheels(paths: &[PathBuf]) -> Result<Vec<u64>, PythonError> {
     let checked = paths.to_vec();
-    tokio::task::spawn_blocking(move || checked.iter().try_for_each(|p| check_wheel_entries(p)))
+    tokio::task::spawn_blocking(move || checked.iter().map(|p| check_wheel_entries(p)).collect())
         .await
         .expect("wheel check task")
 }
 
 /// Refuse a wheel with an entry that is absolute or climbs with `..` (pip refuses most such
-/// entries too; this check does not depend on which pip the base has).
-pub fn check_wheel_entries(path: &Path) -> Result<(), PythonError> {
+/// entries too; this check does not depend on which pip the base has). Returns about how many
+/// bytes the wheel takes installed: its entries' sizes (as the central directory says) plus a
+/// 4 KiB block per entry.
+pub fn check_wheel_entries(path: &Path) -> Result<u64, PythonError> {
     let wheel = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -739,8 +743,16 @@ pub fn check_wheel_entries(path: &Path) -> Result<(), PythonError> {
             source,
         }
     })?;
-    for name in archive.file_names() {
-        let name = name.map_err(|source| PythonError::BadWheel {
+    let mut archive = archive;
+    let mut installed: u64 = 0;
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|source| PythonError::BadWheel {
+                wheel: wheel.clone(),
+                source,
+            })?;
+        let name = entry.name().map_err(|source| PythonError::BadWheel {
             wheel: wheel.clone(),
             source,
         })?;
@@ -753,14 +765,15 @@ pub fn check_wheel_entries(path: &Path) -> Result<(), PythonError> {
                 entry: name.to_string(),
             });
         }
+        installed = installed.saturating_add(entry.size()).saturating_add(4096);
     }
-    Ok(())
+    Ok(installed)
 }
 
 async fn fetch_one(
     w: &PinnedWheel,
     cache: &Cache,
-    http: &reqwest::Client,
+    http: &crate::LazyHttp,
     reporter: &dyn Reporter,
 ) -> Result<PathBuf, PythonError> {
     let dest = cache.wheel_path(&w.sha256, &w.filename);
@@ -803,6 +816,10 @@ async fn fetch_one(
         WheelSource::Url(url) => {
             reporter.info(&format!("Downloading {}", w.filename));
             let shown = redact_url(url);
+            let http = http.get().map_err(|source| PythonError::Download {
+                url: "(client setup)".into(),
+                source,
+            })?;
             let resp = http
                 .get(url)
                 .send()

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use base64::Engine as _;
 
@@ -374,4 +375,107 @@ fn zstd_layers_push_pull_and_run_with_one_digest() {
     let config = skopeo_inspect_config(&format!("oci:{}:v1", dir.display()));
     let out = run_entrypoint(&rootfs, &config);
     assert_stdout_contains(&out, "Training complete 1.0");
+}
+
+/// Every scratch folder a `-v` build names in /dev/shm.
+fn memory_scratch_named(stderr: &str) -> Vec<PathBuf> {
+    stderr
+        .split_whitespace()
+        .filter(|w| w.starts_with("/dev/shm/vxbuild-scratch-"))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The base's root filesystem and pip's staging roots go in memory when they fit and into the
+/// cache with `--scratch disk`: one image either way, and nothing left in /dev/shm after a build
+/// that worked or one that failed.
+#[test]
+fn scratch_in_memory_or_on_disk_gives_one_image_and_leaves_nothing_behind() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let (c1, c2) = (tmp.path().join("c1"), tmp.path().join("c2"));
+    let (memory, memory_log) = crate::build::offline_build(
+        &project,
+        &base,
+        &wheels,
+        &c1,
+        &tmp.path().join("out-memory"),
+        &["-v"],
+    );
+    let (disk, disk_log) = crate::build::offline_build(
+        &project,
+        &base,
+        &wheels,
+        &c2,
+        &tmp.path().join("out-disk"),
+        &["-v", "--no-lock", "--scratch", "disk"],
+    );
+    assert_eq!(digest_of(&memory), digest_of(&disk));
+
+    let shm_is_tmpfs = Command::new("stat")
+        .args(["-f", "-c", "%T", "/dev/shm"])
+        .output()
+        .map(|o| text(&o.stdout).trim() == "tmpfs")
+        .unwrap_or(false);
+    let in_memory = memory_scratch_named(&memory_log);
+    if shm_is_tmpfs {
+        // The rootfs and at least one staging root.
+        assert!(in_memory.len() >= 2, "{memory_log}");
+        assert!(
+            memory_log.contains("in memory: /dev/shm/vxbuild-scratch-rootfs-"),
+            "{memory_log}"
+        );
+    }
+    for p in &in_memory {
+        assert!(!p.exists(), "{} is left behind", p.display());
+    }
+    // On disk: nothing in memory, the rootfs kept in the cache for the next build that runs pip.
+    assert!(memory_scratch_named(&disk_log).is_empty(), "{disk_log}");
+    assert!(disk_log.contains("into the cache"), "{disk_log}");
+    // pip's own bytecode is kept per base, for the next pip run (the image is the same: above).
+    let pycs = Command::new("find")
+        .args([c1.join("pycache-v1").to_str().unwrap(), "-name", "*.pyc"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&pycs.stdout).contains("/pip/"),
+        "{}",
+        text(&pycs.stdout)
+    );
+    let kept = |c: &Path| std::fs::read_dir(c.join("rootfs-v1")).unwrap().count();
+    assert_eq!(kept(&c2), 1);
+    assert_eq!(kept(&c1), if shm_is_tmpfs { 0 } else { 1 });
+    // A warm build with the lock the first build wrote and every layer cached unpacks nothing.
+    let (again, again_log) = crate::build::offline_build(
+        &project,
+        &base,
+        &wheels,
+        &c1,
+        &tmp.path().join("out-again"),
+        &["-v"],
+    );
+    assert_eq!(digest_of(&again), digest_of(&memory));
+    assert!(!again_log.contains("Unpacking"), "{again_log}");
+
+    // A build that fails after the rootfs was unpacked (no such package) removes it too.
+    std::fs::write(project.join("requirements.txt"), "no-such-package==1.0\n").unwrap();
+    let failed = crate::build::offline_build_output(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("c3"),
+        &tmp.path().join("out-failed"),
+        &["-v", "--no-lock"],
+    );
+    assert!(!failed.status.success());
+    let log = text(&failed.stderr);
+    assert!(log.contains("no-such-package"), "{log}");
+    if shm_is_tmpfs {
+        assert!(!memory_scratch_named(&log).is_empty(), "{log}");
+    }
+    for p in memory_scratch_named(&log) {
+        assert!(!p.exists(), "{} is left behind", p.display());
+    }
 }
