@@ -219,13 +219,21 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
 EOF
 printf 'import bigweights\nprint("weights", bigweights.SIZE)\n' >"$MEM/project/train.py"
 printf 'bigweights\n' >"$MEM/project/requirements.txt"
-/usr/bin/time -f '%M %e' -o "$MEM/time" "$VX" build "$MEM/project" --base-image "$BASE" --no-index \
-    --find-links "$MEM/wheels" --cache-dir "$MEM/cache" --image "$REG/bench/memory:v1" --push -q >/dev/null
-read -r RSS_KB MEM_S <"$MEM/time"
+# Twice: scratch trees on disk (--scratch disk), then where they go by default (the 600 MB
+# staging root in /dev/shm: shared memory, not the process's RSS).
+for scratch in disk auto; do
+    rm -rf "$MEM/cache"
+    /usr/bin/time -f '%M %e' -o "$MEM/time-$scratch" "$VX" build "$MEM/project" --base-image "$BASE" \
+        --no-index --find-links "$MEM/wheels" --cache-dir "$MEM/cache" --image "$REG/bench/memory:v1" \
+        --push -q --scratch "$scratch" >/dev/null
+done
+read -r RSS_KB MEM_S <"$MEM/time-disk"
+read -r RSS_AUTO_KB MEM_AUTO_S <"$MEM/time-auto"
 
-python3 - "$WORK" "$RSS_KB" "$MEM_S" "${results[@]}" <<'EOF'
+python3 - "$WORK" "$RSS_KB" "$MEM_S" "$RSS_AUTO_KB" "$MEM_AUTO_S" "${results[@]}" <<'EOF'
 import json, os, platform, sys
-work, rss_kb, mem_s, names = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+work, rss_kb, mem_s, names = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[6:]
+rss_auto_kb, mem_auto_s = int(sys.argv[4]), float(sys.argv[5])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 rounds = lambda n: len(json.load(open(os.path.join(work, n + ".json")))["results"][0]["times"])
 print(f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; medians of "
@@ -237,5 +245,7 @@ def fmt(s):
 for n in names:
     r = {x["command"].split()[0]: x["median"] for x in json.load(open(os.path.join(work, n + ".json")))["results"]}
     print(f"| {n} | {fmt(r['buildah'])} | {fmt(r['vxbuild'])} | {r['buildah'] / r['vxbuild']:.1f}x |")
-print(f"\nvxbuild peak RSS building and pushing a 600 MB incompressible wheel: {rss_kb / 1024:.0f} MB ({mem_s:.1f} s).")
+print(f"\nvxbuild peak RSS building and pushing a 600 MB incompressible wheel: {rss_kb / 1024:.0f} MB "
+      f"with --scratch disk ({mem_s:.1f} s); {rss_auto_kb / 1024:.0f} MB with the default --scratch auto "
+      f"({mem_auto_s:.1f} s; the staging root in /dev/shm, not counted in RSS).")
 EOF

@@ -208,6 +208,14 @@ pub async fn build(
             kind: EntryKind::Dir,
         });
     }
+    let source_bytes: u64 = sources
+        .entries
+        .iter()
+        .map(|e| match e.kind {
+            EntryKind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
     entries.extend(sources.entries.into_iter().map(|e| LayerEntry {
         path: format!("usr/app/{}", e.path),
         ..e
@@ -223,9 +231,17 @@ pub async fn build(
         )
         .as_bytes(),
     );
+    let mut sessions = publish::registry::Sessions::default();
     let app = match layer::cached(&cache, &app_key) {
         Some(blob) => blob,
         None => {
+            // A new application layer means a new config too: start both uploads now, so the
+            // registry's answers overlap writing them.
+            if let (Some(target), true) = (&plan.target, plan.push) {
+                // The layer is uploaded without asking only when small; its files' size says.
+                let small = source_bytes < publish::registry::NO_HEAD_BELOW / 2;
+                sessions = publish::registry::Sessions::start(&client, target, 1 + small as usize);
+            }
             let blob = write_layer_blocking(entries, layer_opts, cache.clone())
                 .await
                 .map_err(|source| BuildError::Layer {
@@ -279,7 +295,7 @@ pub async fn build(
         (Some(target), true) => {
             reporter.info(&format!("Pushing {target}"));
             let (pinned, stats) = publish::registry::push(
-                &client, &image, target, &base, &cache, plan.jobs, reporter,
+                &client, &image, target, &base, &cache, plan.jobs, sessions, reporter,
             )
             .await
             .map_err(|source| BuildError::Push {

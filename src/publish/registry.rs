@@ -48,7 +48,7 @@ enum BlobOutcome {
 
 /// Blobs smaller than this that the cache does not know the registry has are uploaded without a
 /// HEAD first.
-const NO_HEAD_BELOW: u64 = 256 * 1024;
+pub const NO_HEAD_BELOW: u64 = 256 * 1024;
 
 /// Blobs known to be in each repository of one registry (digests as strings, sorted).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -83,6 +83,7 @@ impl Known {
 }
 
 /// Push the image to `target` (which carries the tag). Returns the target pinned by digest.
+#[allow(clippy::too_many_arguments)]
 pub async fn push(
     client: &RegistryClient,
     image: &BuiltImage,
@@ -90,11 +91,15 @@ pub async fn push(
     base: &BaseImage,
     cache: &Cache,
     jobs: usize,
+    sessions: Sessions,
     reporter: &dyn Reporter,
 ) -> Result<(Reference, PushStats), PushError> {
     let mut known = Known::load(cache, &target.registry);
     let trusted = known.repositories.contains_key(&target.repository);
-    let result = push_once(client, image, target, base, cache, jobs, reporter, &known).await;
+    let result = push_once(
+        client, image, target, base, cache, jobs, &sessions, reporter, &known,
+    )
+    .await;
     let result = match result {
         // The registry lost something the record promised: forget the record, ask about all.
         Err(PushError::Registry(e))
@@ -107,7 +112,10 @@ pub async fn push(
                 target.registry
             ));
             known.repositories.remove(&target.repository);
-            push_once(client, image, target, base, cache, jobs, reporter, &known).await
+            push_once(
+                client, image, target, base, cache, jobs, &sessions, reporter, &known,
+            )
+            .await
         }
         r => r,
     };
@@ -132,6 +140,7 @@ async fn push_once(
     base: &BaseImage,
     cache: &Cache,
     jobs: usize,
+    sessions: &Sessions,
     reporter: &dyn Reporter,
     known: &Known,
 ) -> Result<PushStats, PushError> {
@@ -179,12 +188,15 @@ async fn push_once(
                 short(&desc.digest),
                 crate::source::format_size(desc.size)
             ));
+            // A blob uploaded without asking is new: it may take a session started ahead.
+            let session = if ask { None } else { sessions.take().await };
             client
                 .push_blob(
                     target,
                     &desc.digest,
                     desc.size,
                     &cache.blob_path(&desc.digest),
+                    session,
                 )
                 .await?;
             Ok(BlobOutcome::Uploaded(desc.digest))
@@ -207,6 +219,30 @@ async fn push_once(
         .await?;
     debug_assert_eq!(digest, image.manifest_digest);
     Ok(stats)
+}
+
+/// Upload sessions started ahead of the push ([`RegistryClient::start_upload`]), for the new
+/// blobs it uploads without asking first. One that failed to start is skipped (the upload then
+/// starts its own); one left over is abandoned (registries expire them).
+#[derive(Default)]
+pub struct Sessions(std::sync::Mutex<Vec<tokio::task::JoinHandle<Option<url::Url>>>>);
+
+impl Sessions {
+    /// Start `n` sessions in `target`'s repository, in the background.
+    pub fn start(client: &std::sync::Arc<RegistryClient>, target: &Reference, n: usize) -> Self {
+        let handles = (0..n)
+            .map(|_| {
+                let (c, t) = (client.clone(), target.clone());
+                tokio::spawn(async move { c.start_upload(&t).await.ok() })
+            })
+            .collect();
+        Sessions(std::sync::Mutex::new(handles))
+    }
+
+    async fn take(&self) -> Option<url::Url> {
+        let next = self.0.lock().expect("sessions lock").pop()?;
+        next.await.ok().flatten()
+    }
 }
 
 fn short(d: &Digest) -> String {

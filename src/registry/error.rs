@@ -32,6 +32,9 @@ pub enum Operation {
         repository: String,
         digest: Digest,
     },
+    StartUpload {
+        repository: String,
+    },
     PushManifest {
         reference: String,
     },
@@ -54,6 +57,9 @@ impl fmt::Display for Operation {
             } => write!(f, "mount blob {digest} from {from} into {repository}"),
             Operation::PushBlob { repository, digest } => {
                 write!(f, "push blob {digest} to {repository}")
+            }
+            Operation::StartUpload { repository } => {
+                write!(f, "start an upload in {repository}")
             }
             Operation::PushManifest { reference } => write!(f, "push manifest to {reference}"),
         }

@@ -583,14 +583,33 @@ impl RegistryClient {
         }
     }
 
-    /// Upload a blob from `path`: POST for an upload location, then one monolithic PUT
-    /// `?digest=` streaming the file (`Content-Length: size`, never the whole file in memory).
+    /// Start an upload session in `target`'s repository now (the POST), for a blob that will be
+    /// ready in a moment: a code-only rebuild starts its two sessions (application layer, config)
+    /// while it writes them. Its location goes to [`RegistryClient::push_blob`].
+    pub async fn start_upload(&self, target: &Reference) -> Result<url::Url, RegistryError> {
+        let op = Operation::StartUpload {
+            repository: target.name(),
+        };
+        let ep = Endpoint::of(target);
+        self.start_session(
+            ep,
+            &target.repository,
+            &Scopes::push(&target.repository),
+            &op,
+        )
+        .await
+    }
+
+    /// Upload a blob from `path`: POST for an upload location (or `session`, from
+    /// [`RegistryClient::start_upload`], for the first try), then one monolithic PUT `?digest=`
+    /// streaming the file (`Content-Length: size`, never the whole file in memory).
     pub async fn push_blob(
         &self,
         target: &Reference,
         digest: &Digest,
         size: u64,
         path: &Path,
+        session: Option<url::Url>,
     ) -> Result<(), RegistryError> {
         let op = Operation::PushBlob {
             repository: target.name(),
@@ -612,13 +631,44 @@ impl RegistryClient {
         }
         let _permit = self.permit().await;
         let ep = Endpoint::of(target);
+        let session = Mutex::new(session);
         self.retry
-            .run(|_| self.push_blob_once(ep, &target.repository, digest, size, path, &op))
+            .run(|_| {
+                let first = session.lock().expect("session lock").take();
+                self.push_blob_once(ep, &target.repository, digest, size, path, &op, first)
+            })
             .await
     }
 
-    /// One upload: a fresh session (POST), then the monolithic PUT. When the PUT fails in a way
-    /// that may hide a commit that landed (reset, timeout, 5xx), a HEAD decides (jib#4301).
+    /// POST a new upload session; its location.
+    async fn start_session(
+        &self,
+        ep: Endpoint<'_>,
+        repository: &str,
+        scopes: &Scopes,
+        op: &Operation,
+    ) -> Result<url::Url, RegistryError> {
+        let start = RequestSpec::new(
+            Method::POST,
+            Target::Path(format!("/v2/{repository}/blobs/uploads/")),
+        )
+        .body(Body::Bytes(Bytes::new()));
+        let resp = self.execute(ep, scopes, op, &start).await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.error_from_response(ep, op, resp).await);
+        }
+        header_str(&resp, "location")
+            .and_then(|loc| transport::resolve_location(resp.url(), &loc))
+            .ok_or_else(|| RegistryError::InvalidResponse {
+                op: op.clone().into(),
+                problem: "the registry started an upload without a valid Location".into(),
+            })
+    }
+
+    /// One upload: a session (`session`, or a fresh POST), then the monolithic PUT. When the PUT
+    /// fails in a way that may hide a commit that landed (reset, timeout, 5xx), a HEAD decides
+    /// (jib#4301).
+    #[allow(clippy::too_many_arguments)]
     async fn push_blob_once(
         &self,
         ep: Endpoint<'_>,
@@ -627,25 +677,14 @@ impl RegistryClient {
         size: u64,
         path: &Path,
         op: &Operation,
+        session: Option<url::Url>,
     ) -> Result<(), RegistryError> {
         let op = op.clone();
         let scopes = Scopes::push(repository);
-        let start = RequestSpec::new(
-            Method::POST,
-            Target::Path(format!("/v2/{repository}/blobs/uploads/")),
-        )
-        .body(Body::Bytes(Bytes::new()));
-        let resp = self.execute(ep, &scopes, &op, &start).await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(self.error_from_response(ep, &op, resp).await);
-        }
-        let location = header_str(&resp, "location")
-            .and_then(|loc| transport::resolve_location(resp.url(), &loc))
-            .ok_or_else(|| RegistryError::InvalidResponse {
-                op: op.clone().into(),
-                problem: "the registry started an upload without a valid Location".into(),
-            })?;
-        let mut url = location;
+        let mut url = match session {
+            Some(url) => url,
+            None => self.start_session(ep, repository, &scopes, &op).await?,
+        };
         url.query_pairs_mut().append_pair("digest", digest.as_str());
         let put = RequestSpec::new(Method::PUT, Target::Url(url))
             .header(header::CONTENT_TYPE, "application/octet-stream")

@@ -232,6 +232,7 @@ fn push_base(registry: &Registry, entries: Vec<LayerEntry>, cache: &Cache) -> St
                 &layer.digest,
                 layer.size,
                 &cache.blob_path(&layer.digest),
+                None,
             )
             .await
             .unwrap();
@@ -241,6 +242,7 @@ fn push_base(registry: &Registry, entries: Vec<LayerEntry>, cache: &Cache) -> St
                 &config_digest,
                 config_bytes.len() as u64,
                 &cache.blob_path(&config_digest),
+                None,
             )
             .await
             .unwrap();

@@ -106,10 +106,25 @@ fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
         "import bigmodel, bravo, charlie, delta\nprint('Training complete, v2', bigmodel.VERSION)\n",
     )
     .unwrap();
-    let (second, stderr2) = vx_ok(&args);
-    // No resolution (the lock is fresh), no pip install: every dependency layer from the cache.
+    let mut verbose = args.clone();
+    verbose.push("-v".into());
+    let (second, stderr2) = vx_ok(&verbose);
+    // No resolution (the lock is fresh), no pip install, no base unpacked: every dependency layer
+    // from the cache.
     assert!(!stderr2.contains("Resolving dependencies"), "{stderr2}");
     assert!(!stderr2.contains("Installing"), "{stderr2}");
+    assert!(!stderr2.contains("Unpacking"), "{stderr2}");
+    // To the registry: the two new blobs (application layer, config), each in a session started
+    // while they were written, and the manifest; no HEAD (the cache knows what it has).
+    let count = |what: &str| {
+        stderr2
+            .lines()
+            .filter(|l| l.contains(&format!("debug: {what} ")) && l.contains("/team/trainer/"))
+            .count()
+    };
+    assert_eq!(count("POST"), 2, "{stderr2}");
+    assert_eq!(count("PUT"), 3, "{stderr2}");
+    assert_eq!(count("HEAD"), 0, "{stderr2}");
     assert!(
         stderr2.contains("cached dependency layer(s) for 5 wheel(s)"),
         "{stderr2}"

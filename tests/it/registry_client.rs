@@ -103,11 +103,21 @@ async fn push_mount_tag_and_pull_against_a_real_registry() {
         blob_file(work.path(), "layer", &random_bytes(6 << 20, 1));
     assert!(!c.blob_exists(&app, &layer_digest).await.unwrap());
     let before = reg.blob_count();
-    c.push_blob(&app, &layer_digest, layer_size, &layer_path)
+    c.push_blob(&app, &layer_digest, layer_size, &layer_path, None)
         .await
         .unwrap();
     assert!(c.blob_exists(&app, &layer_digest).await.unwrap());
     assert_eq!(reg.blob_count(), before + 1);
+
+    // Into a session started ahead of the blob: the same result.
+    let session = c.start_upload(&app).await.unwrap();
+    let (small_path, small_digest, small_size) =
+        blob_file(work.path(), "small", &random_bytes(4096, 2));
+    c.push_blob(&app, &small_digest, small_size, &small_path, Some(session))
+        .await
+        .unwrap();
+    assert!(c.blob_exists(&app, &small_digest).await.unwrap());
+    assert_eq!(reg.blob_count(), before + 2);
 
     // Mount it into another repository: no upload, the registry links it.
     assert!(!c.blob_exists(&other, &layer_digest).await.unwrap());
@@ -117,7 +127,7 @@ async fn push_mount_tag_and_pull_against_a_real_registry() {
             .unwrap()
     );
     assert!(c.blob_exists(&other, &layer_digest).await.unwrap());
-    assert_eq!(reg.blob_count(), before + 1);
+    assert_eq!(reg.blob_count(), before + 2);
     // A blob the source does not have cannot be mounted: the registry opens an upload instead.
     let absent = Digest::of(b"not in any repository");
     assert!(
@@ -131,7 +141,7 @@ async fn push_mount_tag_and_pull_against_a_real_registry() {
     let config_bytes =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let (config_path, config_digest, config_size) = blob_file(work.path(), "config", config_bytes);
-    c.push_blob(&app, &config_digest, config_size, &config_path)
+    c.push_blob(&app, &config_digest, config_size, &config_path, None)
         .await
         .unwrap();
     let config = Descriptor::new(oci::OCI_CONFIG, config_digest.clone(), config_size);
@@ -241,7 +251,9 @@ async fn basic_auth_with_docker_config_credentials() {
 
     let (path, digest, size) = blob_file(work.path(), "blob", &random_bytes(1 << 20, 2));
     assert!(!good.blob_exists(&target, &digest).await.unwrap());
-    good.push_blob(&target, &digest, size, &path).await.unwrap();
+    good.push_blob(&target, &digest, size, &path, None)
+        .await
+        .unwrap();
     assert!(good.blob_exists(&target, &digest).await.unwrap());
     let config = Descriptor::new(oci::OCI_CONFIG, digest.clone(), size);
     let manifest = manifest_for(&config, &config);
@@ -256,7 +268,7 @@ async fn basic_auth_with_docker_config_credentials() {
     let bad_config = write_config("bad.json", "vx", wrong_password);
     let bad = client(&bad_config);
     let err = bad
-        .push_blob(&target, &digest, size, &path)
+        .push_blob(&target, &digest, size, &path, None)
         .await
         .unwrap_err();
     let msg = chain(&err);
@@ -527,7 +539,9 @@ async fn uploads_stream_with_content_length_to_a_relative_location() {
     let c = client(&work.path().join("none.json"));
     let target = reference(&format!("127.0.0.1:{port}/a:t"));
     let (path, digest, size) = blob_file(work.path(), "blob", &random_bytes(3 << 20, 4));
-    c.push_blob(&target, &digest, size, &path).await.unwrap();
+    c.push_blob(&target, &digest, size, &path, None)
+        .await
+        .unwrap();
 
     let log = log.lock().unwrap().clone();
     let put = log.iter().find(|r| r.method == "PUT").expect("a PUT");
@@ -543,7 +557,7 @@ async fn uploads_stream_with_content_length_to_a_relative_location() {
 
     // A file that is not the size the caller says is refused before any request.
     let err = c
-        .push_blob(&target, &digest, size + 1, &path)
+        .push_blob(&target, &digest, size + 1, &path, None)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::SizeMismatch { .. }), "{err}");
