@@ -148,6 +148,18 @@ pub(crate) struct PythonEnv {
     pub interp: Interpreter,
     pub runner: PipRunner,
     pub http: crate::LazyHttp,
+    /// pip being compiled into the bytecode cache in the background (a first build on a base);
+    /// stopped when the environment goes.
+    _warming: Option<AbortOnDrop>,
+}
+
+/// A background task, aborted (its sandboxed program killed) when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl PythonEnv {
@@ -189,8 +201,16 @@ pub(crate) async fn python_env(
     let py = BuildError::Python;
     let mut sandbox = Sandbox::new(rootfs).map_err(|e| py(e.into()))?;
     let pycache = cache.pycache_dir(&base.manifest_digest);
+    let mut warming = None;
     if std::fs::create_dir_all(&pycache).is_ok() {
+        let empty = std::fs::read_dir(&pycache).is_ok_and(|mut d| d.next().is_none());
         sandbox = sandbox.with_bytecode_cache(pycache);
+        if empty {
+            let (sb, path_env) = (sandbox.clone(), base.path_env());
+            warming = Some(AbortOnDrop(tokio::spawn(async move {
+                python::warm_pip_bytecode(&sb, &path_env).await
+            })));
+        }
     }
     let interp = probe_cached(&sandbox, cache, base).await?;
     let http = crate::LazyHttp::default();
@@ -217,6 +237,7 @@ pub(crate) async fn python_env(
         interp,
         runner,
         http,
+        _warming: warming,
     })
 }
 

@@ -292,17 +292,40 @@ fn base_env(path_env: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// Find the base's interpreter on its PATH and ask it about itself.
-pub async fn probe(sandbox: &Sandbox, path_env: &str) -> Result<Interpreter, PythonError> {
-    let rootfs = sandbox.rootfs();
-    let found = path_env
+/// The base's python: the first python3 or python on its PATH, as a path inside the image.
+fn find_interpreter(rootfs: &Path, path_env: &str) -> Option<String> {
+    path_env
         .split(':')
         .filter(|d| d.starts_with('/'))
         .flat_map(|d| ["python3", "python"].map(|n| format!("{}/{n}", d.trim_end_matches('/'))))
         .find(|p| std::fs::symlink_metadata(rootfs.join(p.trim_start_matches('/'))).is_ok())
-        .ok_or_else(|| PythonError::NoInterpreter {
+}
+
+/// Compile the base's pip into the sandbox's bytecode cache, for a first build on a base: run
+/// beside the probe and the resolution (one core is idle then), it takes ~0.3 s off the
+/// resolution, which otherwise compiles every module of pip it imports. Best effort: a base
+/// without pip, or a Python older than 3.8 (no PYTHONPYCACHEPREFIX), just compiles nothing.
+pub async fn warm_pip_bytecode(sandbox: &Sandbox, path_env: &str) {
+    let Some(python) = find_interpreter(sandbox.rootfs(), path_env) else {
+        return;
+    };
+    let mut cmd = SandboxCommand::new([
+        python.as_str(),
+        "-c",
+        "import compileall, os, pip; compileall.compile_dir(os.path.dirname(pip.__file__), quiet=2)",
+    ]);
+    cmd.env = base_env(path_env);
+    cmd.python_bytecode = true;
+    let _ = sandbox.run(&cmd).await;
+}
+
+/// Find the base's interpreter on its PATH and ask it about itself.
+pub async fn probe(sandbox: &Sandbox, path_env: &str) -> Result<Interpreter, PythonError> {
+    let found =
+        find_interpreter(sandbox.rootfs(), path_env).ok_or_else(|| PythonError::NoInterpreter {
             path: path_env.into(),
         })?;
+    let rootfs = sandbox.rootfs();
     let mut cmd = SandboxCommand::new([found.as_str(), "-I", "-c", PROBE]);
     cmd.env = base_env(path_env);
     let out = sandbox.run(&cmd).await?;
