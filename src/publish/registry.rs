@@ -166,8 +166,19 @@ async fn push_once(
             // layer, almost always) is uploaded without asking first: uploading it again costs
             // less than the round trip.
             let ask = from_base || desc.size >= NO_HEAD_BELOW;
-            if ask && client.blob_exists(target, &desc.digest).await? {
-                return Ok(BlobOutcome::Existing(desc.digest));
+            if ask {
+                match client.blob_exists(target, &desc.digest).await {
+                    Ok(true) => return Ok(BlobOutcome::Existing(desc.digest)),
+                    Ok(false) => {}
+                    // Asking is an optimisation: a registry that cannot answer for one blob
+                    // (distribution answers 500 for a link file a crash left empty) gets it
+                    // mounted or uploaded again, which also repairs it. A registry that is down
+                    // fails that request too, with its own error.
+                    Err(e) if e.status().is_some_and(|s| s.is_server_error()) => {
+                        reporter.debug(&format!("{e:#}; mounting or uploading it anyway"));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             let mount_from = if from_base && same_registry {
                 Some(base.pinned.repository.as_str())

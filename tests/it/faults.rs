@@ -435,6 +435,49 @@ fn a_registry_killed_mid_push_fails_cleanly_and_the_same_command_completes_after
     ]);
 }
 
+/// A registry killed while it linked a blob into the target repository (a mount) leaves the link
+/// file empty, and distribution then answers 500 to every HEAD of that blob there. The push
+/// mounts it again (which repairs the link) instead of failing.
+#[test]
+fn a_blob_the_registry_cannot_answer_for_is_mounted_again() {
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = tiny_project(tmp.path());
+    let image = format!("{}/x/crashed:v1", reg.host());
+    let first_layer = skopeo_inspect_raw(&base)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let link = reg
+        .storage
+        .path()
+        .join("docker/registry/v2/repositories/x/crashed/_layers/sha256")
+        .join(&first_layer)
+        .join("link");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::fs::write(&link, "").unwrap();
+    let mut args = offline_push_args(&project, &base, &wheels, &tmp.path().join("cache"), &image);
+    args.push("-v".into());
+    let (pushed, stderr) = vx_ok(&args);
+    assert!(stderr.contains("500"), "{stderr}");
+    assert!(
+        stderr.contains("mounting or uploading it anyway"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&link).unwrap(),
+        format!("sha256:{first_layer}")
+    );
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}", by_digest(&pushed)),
+        &format!("oci:{}:v1", tmp.path().join("pulled").display()),
+    ]);
+}
+
 #[test]
 #[allow(clippy::print_stderr)] // the timing, for `--nocapture`
 fn a_registry_that_accepts_but_never_answers_ends_the_build_within_two_minutes() {
