@@ -4,10 +4,13 @@
 //! ```text
 //! blobs-v1/sha256/<hex>         OCI blobs (layers, configs, manifests) by digest
 //! rootfs-v1/<manifest hex>/     unpacked base root filesystems, complete when `.complete` exists
+//!                               (only those too big for memory: see `scratch`)
+//! rootfs-facts-v1/<key>.json    what a build needs of a base's rootfs without unpacking it
 //! wheels-v1/<sha256>/<file>     wheels by their sha256, under their own file name
 //! pip-v1/<sha256>/<file>        bootstrap pip wheels
 //! layers-v1/<key hex>.json      layer index: the blob a layer's inputs gave (see `deps`)
 //! probe-v1/<manifest hex>.json  what a base's python said about itself
+//! pycache-v1/<manifest hex>/    pip's bytecode for that base (PYTHONPYCACHEPREFIX in the sandbox)
 //! pushed-v1/<key hex>.json      blobs known to be in a registry's repositories
 //! hosts-v1/<key hex>.json       HTTP or HTTPS, for loopback and insecure registries
 //! tmp/                          scratch space for atomic writes (same filesystem as the buckets)

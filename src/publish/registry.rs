@@ -51,7 +51,7 @@ enum BlobOutcome {
 pub const NO_HEAD_BELOW: u64 = 256 * 1024;
 
 /// Blobs known to be in each repository of one registry (digests as strings, sorted).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Known {
     repositories: BTreeMap<String, BTreeSet<String>>,
 }
@@ -120,15 +120,6 @@ pub async fn push(
         r => r,
     };
     let stats = result?;
-    let entry = known
-        .repositories
-        .entry(target.repository.clone())
-        .or_default();
-    entry.extend(image.layers.iter().map(|d| d.digest.to_string()));
-    entry.insert(image.config_descriptor.digest.to_string());
-    if let Err(e) = cache.put_record("pushed-v1", &Known::key(&target.registry), &known) {
-        reporter.warn(&format!("could not record the push in the cache: {e}"));
-    }
     Ok((target.with_digest(image.manifest_digest.clone()), stats))
 }
 
@@ -224,10 +215,26 @@ async fn push_once(
             BlobOutcome::Uploaded(d) => stats.uploaded.push(d),
         }
     }
+    // Every blob is in the repository now, whatever the manifest's fate: record that while the
+    // manifest goes up (off the critical path of a code-only rebuild).
+    let mut updated = known.clone();
+    let entry = updated
+        .repositories
+        .entry(target.repository.clone())
+        .or_default();
+    entry.extend(image.layers.iter().map(|d| d.digest.to_string()));
+    entry.insert(image.config_descriptor.digest.to_string());
+    let (c, key) = (cache.clone(), Known::key(&target.registry));
+    let record = tokio::task::spawn_blocking(move || c.put_record("pushed-v1", &key, &updated));
     let tag = target.tag_or_latest().to_string();
-    let digest = client
-        .put_manifest(target, &tag, oci::OCI_MANIFEST, image.manifest.clone())
-        .await?;
+    let (manifest, recorded) = tokio::join!(
+        client.put_manifest(target, &tag, oci::OCI_MANIFEST, image.manifest.clone()),
+        record
+    );
+    if let Ok(Err(e)) = recorded {
+        reporter.warn(&format!("could not record the push in the cache: {e}"));
+    }
+    let digest = manifest?;
     debug_assert_eq!(digest, image.manifest_digest);
     Ok(stats)
 }
