@@ -5,7 +5,8 @@
 # registry. Three scenarios, ROUNDS rounds each (default 3), timed by hyperfine:
 #
 #   cold     vxbuild: empty cache, no lock (resolves)   buildah: bud --no-cache (base in storage)
-#   cold-zstd  the same, layers compressed with zstd by both
+#   cold-locked  vxbuild: empty cache, vxbuild.lock committed (no resolution); buildah as cold
+#   cold-zstd  the same as cold, layers compressed with zstd by both
 #   code     train.py edited, everything else warm      buildah: bud --layers (10+ rounds)
 #   bump     scikit-learn 1.6.0 -> 1.6.1 from a warm 1.6.0 state (restored before each round)
 #
@@ -132,6 +133,7 @@ PRE='BUILDAH=($BUILDAH_STR);'
 say "warm-up: base into buildah's storage, vxbuild's lock"
 bash -c "$PRE bb warmup --layers"
 vx "$WORK/vx-warm" warmup >/dev/null
+cp "$VXP/vxbuild.lock" "$WORK/lock-1.6.1"
 
 results=()
 run() { # run NAME PREPARE-VX CMD-VX PREPARE-BB CMD-BB; RUNS overrides ROUNDS
@@ -153,7 +155,15 @@ run cold \
     "true" \
     "bb cold --no-cache"
 
-# cold-zstd: the same with zstd layers (vxbuild --compression zstd, buildah push
+# cold-locked: an empty cache, the lock a project commits (vxbuild resolves nothing); buildah
+# as in cold (pip resolves the pinned requirements).
+run cold-locked \
+    "rm -rf $WORK/vx-cold && cp $WORK/lock-1.6.1 $VXP/vxbuild.lock" \
+    "vx $WORK/vx-cold coldlocked --locked" \
+    "true" \
+    "bb coldlocked --no-cache"
+
+# cold-zstd: the same as cold with zstd layers (vxbuild --compression zstd, buildah push
 # --compression-format zstd).
 run cold-zstd \
     "rm -rf $WORK/vx-cold $VXP/vxbuild.lock" \
