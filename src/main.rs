@@ -117,6 +117,7 @@ fn main() -> ExitCode {
         // sandboxed programs killed, nothing was tagged.
         eprintln!("error: interrupted");
         runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        vxbuild::scratch::remove_made();
         return ExitCode::from(130);
     };
     match result {

@@ -97,11 +97,27 @@ pub fn create(
     })
 }
 
+/// Every memory folder this process made, for [`remove_made`].
+static MADE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Remove whatever is left of the memory folders this process made. For an interrupted build:
+/// dropping it removes its scratch folders, but a blocking task (an unpack, say) may still have
+/// been writing into one; call this once the runtime has stopped.
+pub fn remove_made() {
+    let made = std::mem::take(&mut *MADE.lock().unwrap_or_else(|e| e.into_inner()));
+    for p in made {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
 fn create_in_memory(root: &Path, prefix: &str) -> io::Result<Scratch> {
     sweep(root);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{PREFIX}{prefix}"))
         .tempdir_in(root)?;
+    MADE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.path().to_path_buf());
     let lock = File::open(dir.path())?;
     flock(&lock, libc::LOCK_SH | libc::LOCK_NB)?;
     Ok(Scratch {

@@ -494,3 +494,58 @@ fn scratch_in_memory_or_on_disk_gives_one_image_and_leaves_nothing_behind() {
         assert!(!p.exists(), "{} is left behind", p.display());
     }
 }
+
+/// SIGINT in the middle of a build (while the base is being unpacked in memory): exit 130, no
+/// image written, and no scratch folder left in /dev/shm.
+#[test]
+fn an_interrupted_build_leaves_no_scratch_and_no_image() {
+    use std::io::BufRead;
+    let reg = Registry::start();
+    let base = reg.push_base();
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, wheels) = project_with_a_big_dependency(tmp.path());
+    let out = tmp.path().join("out");
+    let mut args = crate::build::offline_args(&project, &base, &wheels, &tmp.path().join("cache"));
+    args.insert(0, "build".into());
+    args.extend([
+        "--output".into(),
+        format!("oci:{}", out.display()),
+        "-v".into(),
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vxbuild"))
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // Interrupt as soon as the first scratch folder is named (the rootfs, before it is complete).
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no scratch folder named:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("debug: unpacking") {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("error: interrupted"), "{log}");
+    let named = memory_scratch_named(&log);
+    for p in &named {
+        assert!(!p.exists(), "{} is left behind:\n{log}", p.display());
+    }
+    // No image: the layout is written last.
+    assert!(!out.join("index.json").exists(), "{log}");
+}
