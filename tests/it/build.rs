@@ -114,7 +114,7 @@ pub fn offline_push_args(
 }
 
 /// `build` + [`offline_args`] + `--output oci:OUT` + `extra`.
-fn offline_build_args(
+pub fn offline_build_args(
     project: &Path,
     base: &str,
     wheels: &Path,

@@ -383,13 +383,7 @@ fn a_registry_killed_mid_push_fails_cleanly_and_the_same_command_completes_after
         .storage
         .path()
         .join("docker/registry/v2/repositories/x/killed/_uploads");
-    let child = vxbuild()
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_vxbuild(&args);
     let started = Instant::now();
     while !uploads.is_dir() {
         assert!(

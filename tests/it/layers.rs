@@ -505,20 +505,15 @@ fn an_interrupted_build_leaves_no_scratch_and_no_image() {
     let tmp = tempfile::tempdir().unwrap();
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let out = tmp.path().join("out");
-    let mut args = crate::build::offline_args(&project, &base, &wheels, &tmp.path().join("cache"));
-    args.insert(0, "build".into());
-    args.extend([
-        "--output".into(),
-        format!("oci:{}", out.display()),
-        "-v".into(),
-    ]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxbuild"))
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let args = crate::build::offline_build_args(
+        &project,
+        &base,
+        &wheels,
+        &tmp.path().join("cache"),
+        &out,
+        &["-v"],
+    );
+    let mut child = spawn_vxbuild(&args);
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut log = String::new();
     // Interrupt as soon as the first scratch folder is named (the rootfs, before it is complete).

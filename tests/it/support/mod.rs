@@ -370,6 +370,18 @@ pub fn vxbuild() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vxbuild"))
 }
 
+/// vxbuild started with `args`: stdin closed, stdout and stderr piped (for a test that acts while
+/// it runs).
+pub fn spawn_vxbuild<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Child {
+    vxbuild()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Run a prepared command to completion, panicking with its status and output unless it succeeds.
 pub fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
