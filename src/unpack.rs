@@ -96,18 +96,15 @@ pub fn unpack_layers(layers: &[PathBuf], dest: &Path) -> Result<UnpackStats, Unp
         let file = File::open(path).map_err(open_err)?;
         let mut reader = BufReader::with_capacity(1 << 17, file);
         match sniff(reader.fill_buf().map_err(open_err)?) {
+            // Decompressed on a thread of its own, so inflating (about half of an unpack) runs
+            // beside creating the files.
             Compression::Gzip => {
-                let tar = BufReader::with_capacity(1 << 17, MultiGzDecoder::new(reader));
+                let tar = Background::spawn(MultiGzDecoder::new(reader));
                 apply(tar, dest, index, &mut stats)?;
             }
             Compression::Zstd => {
                 let tar = zstd::stream::read::Decoder::with_buffer(reader).map_err(open_err)?;
-                apply(
-                    BufReader::with_capacity(1 << 17, tar),
-                    dest,
-                    index,
-                    &mut stats,
-                )?;
+                apply(Background::spawn(tar), dest, index, &mut stats)?;
             }
             Compression::None => apply(reader, dest, index, &mut stats)?,
             Compression::Unsupported(compression) => {
@@ -120,6 +117,88 @@ pub fn unpack_layers(layers: &[PathBuf], dest: &Path) -> Result<UnpackStats, Unp
         }
     }
     Ok(stats)
+}
+
+/// A reader whose source is read on another thread, 1 MiB at a time, a few chunks ahead. The
+/// thread ends at the source's end or error (passed on), or when this reader is dropped.
+struct Background {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Background {
+    fn spawn(mut source: impl Read + Send + 'static) -> Self {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || {
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut filled = 0;
+                let res = loop {
+                    match source.read(&mut buf[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == buf.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                let last = filled < buf.len();
+                buf.truncate(filled);
+                let sent = match res {
+                    Ok(()) if !buf.is_empty() => tx.send(Ok(buf)),
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                if sent.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Background {
+            chunks,
+            current: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for Background {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The thread ended after the last chunk.
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Apply one uncompressed tar stream onto `dest` (errors name it as layer 0).
@@ -656,6 +735,30 @@ mod tests {
         match r {
             Err(UnpackError::Refused { entry, .. }) => assert!(entry.contains(what), "{entry}"),
             other => panic!("expected a refusal naming {what}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn background_reader_passes_every_byte_and_the_error() {
+        let data: Vec<u8> = (0..(3 << 20) + 7).map(|i| (i % 251) as u8).collect();
+        let mut got = Vec::new();
+        Background::spawn(std::io::Cursor::new(data.clone()))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, data);
+        // A source failing after 1.5 MiB: the whole chunks before it, then its error.
+        let failing = std::io::Cursor::new(vec![7u8; 3 << 19]).chain(Failing);
+        let mut r = Background::spawn(failing);
+        let mut got = Vec::new();
+        let err = r.read_to_end(&mut got).unwrap_err();
+        assert_eq!(err.to_string(), "cut");
+        assert_eq!(got.len(), 1 << 20);
+    }
+
+    struct Failing;
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("cut"))
         }
     }
 
