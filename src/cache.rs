@@ -128,17 +128,19 @@ impl Cache {
         if self.has_blob(&digest, Some(bytes.len() as u64)) {
             return Ok(digest);
         }
-        let what = digest.to_string();
-        let mut tmp = self.tempfile().map_err(|source| CacheError::Write {
-            what: what.clone(),
-            source,
-        })?;
-        tmp.write_all(bytes).map_err(|source| CacheError::Write {
-            what: what.clone(),
-            source,
-        })?;
-        self.persist(tmp, &self.blob_path(&digest), &what)?;
+        self.write_atomic(bytes, &self.blob_path(&digest), &digest.to_string())?;
         Ok(digest)
+    }
+
+    /// Write `bytes` to a temp file in the cache, then rename it to `dest`.
+    fn write_atomic(&self, bytes: &[u8], dest: &Path, what: &str) -> Result<(), CacheError> {
+        let err = |source| CacheError::Write {
+            what: what.into(),
+            source,
+        };
+        let mut tmp = self.tempfile().map_err(err)?;
+        tmp.write_all(bytes).map_err(err)?;
+        self.persist(tmp, dest, what)
     }
 
     /// Stream a reader into the cache, verifying it against `expected` (digest and size) when given.
@@ -217,12 +219,12 @@ impl Cache {
         Ok(())
     }
 
-    /// Where an unpacked base rootfs lives, keyed by the platform manifest's digest.
     /// The sandbox's Python bytecode cache for one base ([`crate::sandbox::Sandbox::with_bytecode_cache`]).
     pub fn pycache_dir(&self, manifest: &Digest) -> PathBuf {
         self.root.join("pycache-v1").join(manifest.hex())
     }
 
+    /// Where an unpacked base rootfs lives, keyed by the platform manifest's digest.
     pub fn rootfs_dir(&self, manifest: &Digest) -> PathBuf {
         self.root.join("rootfs-v1").join(manifest.hex())
     }
@@ -264,15 +266,7 @@ impl Cache {
             what: what.clone(),
             source: io::Error::other(e),
         })?;
-        let mut tmp = self.tempfile().map_err(|source| CacheError::Write {
-            what: what.clone(),
-            source,
-        })?;
-        tmp.write_all(&bytes).map_err(|source| CacheError::Write {
-            what: what.clone(),
-            source,
-        })?;
-        self.persist(tmp, &path, &what)
+        self.write_atomic(&bytes, &path, &what)
     }
 
     fn record_path(&self, bucket: &str, key: &Digest) -> PathBuf {
