@@ -118,7 +118,8 @@ impl InstallScheme {
         })
     }
 
-    fn layer_key(&self, plan: &BuildPlan, members: &[&PinnedWheel]) -> Digest {
+    /// The key of the layer holding `members` (indices into `wheels`).
+    fn layer_key(&self, plan: &BuildPlan, wheels: &[PinnedWheel], members: &[usize]) -> Digest {
         let mut text = format!(
             "{LAYER_FORMAT}\n{}\nscheme {}\nmtime {}\ncompile {}\ncompression {}\n",
             layer::FORMAT,
@@ -127,7 +128,7 @@ impl InstallScheme {
             plan.compile_bytecode,
             plan.compression.name()
         );
-        for w in members {
+        for w in members.iter().map(|&i| &wheels[i]) {
             text.push_str(&format!(
                 "wheel {} {} {} {} requested={} direct={}\n",
                 normalize_name(&w.name),
@@ -330,16 +331,15 @@ where
     let scheme = cached_interp
         .as_ref()
         .and_then(|(i, r)| InstallScheme::of(i, r));
-    let mut found: Vec<Option<LayerBlob>> = vec![None; groups.len()];
-    let mut keys: Vec<Option<Digest>> = vec![None; groups.len()];
-    if let Some(scheme) = &scheme {
-        for (g, members) in groups.iter().enumerate() {
-            let ws: Vec<&PinnedWheel> = members.iter().map(|&i| &resolution.wheels[i]).collect();
-            let key = scheme.layer_key(plan, &ws);
-            found[g] = layer::cached(cache, &key);
-            keys[g] = Some(key);
-        }
-    }
+    let mut found: Vec<Option<LayerBlob>> = groups
+        .iter()
+        .map(|members| {
+            let key = scheme
+                .as_ref()?
+                .layer_key(plan, &resolution.wheels, members);
+            layer::cached(cache, &key)
+        })
+        .collect();
 
     let missing: Vec<usize> = (0..groups.len()).filter(|&g| found[g].is_none()).collect();
     if missing.is_empty() {
@@ -370,16 +370,12 @@ where
             reporter,
         )
         .await?;
-        for (g, blob) in missing.iter().zip(built) {
+        for (&g, blob) in missing.iter().zip(built) {
             if let Some(scheme) = &scheme {
-                let ws: Vec<&PinnedWheel> =
-                    groups[*g].iter().map(|&i| &resolution.wheels[i]).collect();
-                let key = keys[*g]
-                    .clone()
-                    .unwrap_or_else(|| scheme.layer_key(plan, &ws));
+                let key = scheme.layer_key(plan, &resolution.wheels, &groups[g]);
                 layer::remember(cache, &key, &blob, reporter);
             }
-            found[*g] = Some(blob);
+            found[g] = Some(blob);
         }
     }
 
