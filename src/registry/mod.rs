@@ -141,6 +141,12 @@ impl Clients {
     }
 }
 
+/// Whether `host`'s scheme is found by trying (loopback, or named by --insecure-registry): the only
+/// hosts whose scheme is remembered across builds, and reused only while that still holds.
+fn may_fall_back_to_http(host: &str, insecure_registries: &[String]) -> bool {
+    transport::scheme_policy(host, insecure_registries) == transport::SchemePolicy::HttpsThenHttp
+}
+
 /// An OCI distribution client. Holds per-process state: schemes per host, known challenges,
 /// cached tokens. `Debug` shows no secret.
 pub struct RegistryClient {
@@ -190,10 +196,7 @@ impl RegistryClient {
         let seeds: Vec<(String, bool)> = opts
             .known_schemes
             .into_iter()
-            .filter(|(h, _)| {
-                transport::scheme_policy(h, &insecure_registries)
-                    == transport::SchemePolicy::HttpsThenHttp
-            })
+            .filter(|(h, _)| may_fall_back_to_http(h, &insecure_registries))
             .collect();
         Ok(RegistryClient {
             clients,
@@ -228,10 +231,7 @@ impl RegistryClient {
             .lock()
             .expect("scheme map lock")
             .iter()
-            .filter(|(h, _)| {
-                transport::scheme_policy(h, &self.insecure_registries)
-                    == transport::SchemePolicy::HttpsThenHttp
-            })
+            .filter(|(h, _)| may_fall_back_to_http(h, &self.insecure_registries))
             .map(|(h, s)| (h.clone(), *s == Scheme::Https))
             .collect();
         v.sort();
