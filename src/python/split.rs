@@ -32,27 +32,26 @@ pub enum SplitError {
 pub fn split_by_distribution(
     staging: &Path,
 ) -> Result<BTreeMap<String, Vec<LayerEntry>>, SplitError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| SplitError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     let mut owner: HashMap<String, String> = HashMap::new();
     for dist_info in super::find_dist_infos(staging, 6).map_err(|source| SplitError::Read {
         path: staging.to_path_buf(),
         source,
     })? {
         let meta_path = dist_info.join("METADATA");
-        let meta = std::fs::read_to_string(&meta_path).map_err(|source| SplitError::Read {
-            path: meta_path.clone(),
-            source,
-        })?;
+        let meta = read(&meta_path)?;
         let name = meta
             .lines()
             .take_while(|l| !l.is_empty())
             .find_map(|l| l.strip_prefix("Name:"))
             .map(|n| normalize_name(n.trim()))
             .ok_or(SplitError::NoName { path: meta_path })?;
-        let record_path = dist_info.join("RECORD");
-        let record = std::fs::read_to_string(&record_path).map_err(|source| SplitError::Read {
-            path: record_path.clone(),
-            source,
-        })?;
+        let record = read(&dist_info.join("RECORD"))?;
         let site = dist_info
             .parent()
             .and_then(|p| p.strip_prefix(staging).ok())
