@@ -202,27 +202,17 @@ fn the_layer_set_does_not_depend_on_the_cache() {
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
     let image = format!("{}/team/trainer:v1", reg.host());
     // A cold cache, then a second cold cache with the lock the first build wrote, then warm.
-    let (a, _) = vx_ok(&offline_push_args(
-        &project,
-        &base,
-        &wheels,
-        &tmp.path().join("c1"),
-        &image,
-    ));
-    let (b, _) = vx_ok(&offline_push_args(
-        &project,
-        &base,
-        &wheels,
-        &tmp.path().join("c2"),
-        &image,
-    ));
-    let (c, _) = vx_ok(&offline_push_args(
-        &project,
-        &base,
-        &wheels,
-        &tmp.path().join("c2"),
-        &image,
-    ));
+    let push_with = |cache: &str| {
+        vx_ok(&offline_push_args(
+            &project,
+            &base,
+            &wheels,
+            &tmp.path().join(cache),
+            &image,
+        ))
+        .0
+    };
+    let (a, b, c) = (push_with("c1"), push_with("c2"), push_with("c2"));
     assert_eq!(digest_of(&a), digest_of(&b));
     assert_eq!(digest_of(&b), digest_of(&c));
     // Base layers, then bigmodel alone, the four small packages shared, the application.
