@@ -58,28 +58,14 @@ fn project_with_a_big_dependency(dir: &Path) -> (PathBuf, PathBuf) {
     (project, wheels)
 }
 
-/// What every test here starts from: a registry holding the base, and
-/// [`project_with_a_big_dependency`] in a temporary folder.
-struct Setup {
-    reg: Registry,
-    base: String,
-    tmp: tempfile::TempDir,
-    project: PathBuf,
-    wheels: PathBuf,
-}
-
-fn setup() -> Setup {
+/// What every test here starts from: a registry holding the base (its reference), and
+/// [`project_with_a_big_dependency`] in a temporary folder (project, wheels).
+fn setup() -> (Registry, String, tempfile::TempDir, PathBuf, PathBuf) {
     let reg = Registry::start();
     let base = reg.push_base();
     let tmp = tempfile::tempdir().unwrap();
     let (project, wheels) = project_with_a_big_dependency(tmp.path());
-    Setup {
-        reg,
-        base,
-        tmp,
-        project,
-        wheels,
-    }
+    (reg, base, tmp, project, wheels)
 }
 
 /// The layer digests of a pushed image, in order.
@@ -113,13 +99,7 @@ fn stored_blobs(reg: &Registry) -> BTreeMap<PathBuf, u64> {
 
 #[test]
 fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
-    let Setup {
-        reg,
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (reg, base, tmp, project, wheels) = setup();
     let cache = tmp.path().join("cache");
     let image = format!("{}/team/trainer:v1", reg.host());
     let args = offline_push_args(&project, &base, &wheels, &cache, &image);
@@ -179,13 +159,7 @@ fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
 
 #[test]
 fn bumping_one_dependency_uploads_only_its_layer() {
-    let Setup {
-        reg,
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (reg, base, tmp, project, wheels) = setup();
     let cache = tmp.path().join("cache");
     let image = format!("{}/team/trainer:v1", reg.host());
     let args = offline_push_args(&project, &base, &wheels, &cache, &image);
@@ -226,13 +200,7 @@ fn bumping_one_dependency_uploads_only_its_layer() {
 
 #[test]
 fn the_layer_set_does_not_depend_on_the_cache() {
-    let Setup {
-        reg,
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (reg, base, tmp, project, wheels) = setup();
     let image = format!("{}/team/trainer:v1", reg.host());
     // A cold cache, then a second cold cache with the lock the first build wrote, then warm.
     let push_with = |cache: &str| {
@@ -272,13 +240,7 @@ fn the_layer_set_does_not_depend_on_the_cache() {
 
 #[test]
 fn a_second_repository_gets_the_layers_mounted_from_the_first() {
-    let Setup {
-        reg,
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (reg, base, tmp, project, wheels) = setup();
     let cache = tmp.path().join("cache");
     vx_ok(&offline_push_args(
         &project,
@@ -307,13 +269,7 @@ fn a_second_repository_gets_the_layers_mounted_from_the_first() {
 
 #[test]
 fn a_blob_the_registry_lost_since_the_last_push_is_pushed_again() {
-    let Setup {
-        reg,
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (reg, base, tmp, project, wheels) = setup();
     let cache = tmp.path().join("cache");
     let image = format!("{}/team/trainer:v1", reg.host());
     let args = offline_push_args(&project, &base, &wheels, &cache, &image);
@@ -356,13 +312,7 @@ fn a_blob_the_registry_lost_since_the_last_push_is_pushed_again() {
 
 #[test]
 fn zstd_layers_push_pull_and_run_with_one_digest() {
-    let Setup {
-        reg,
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (reg, base, tmp, project, wheels) = setup();
     let image = format!("{}/team/zstd:v1", reg.host());
     let mut a_args = offline_push_args(&project, &base, &wheels, &tmp.path().join("c1"), &image);
     a_args.extend(["--compression".into(), "zstd".into()]);
@@ -438,13 +388,7 @@ fn memory_scratch_named(stderr: &str) -> Vec<PathBuf> {
 /// that worked or one that failed.
 #[test]
 fn scratch_in_memory_or_on_disk_gives_one_image_and_leaves_nothing_behind() {
-    let Setup {
-        reg: _reg, // serves the base
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (_reg, base, tmp, project, wheels) = setup(); // _reg serves the base
     let (c1, c2) = (tmp.path().join("c1"), tmp.path().join("c2"));
     let (memory, memory_log) = crate::build::offline_build(
         &project,
@@ -535,13 +479,7 @@ fn scratch_in_memory_or_on_disk_gives_one_image_and_leaves_nothing_behind() {
 #[test]
 fn an_interrupted_build_leaves_no_scratch_and_no_image() {
     use std::io::BufRead;
-    let Setup {
-        reg: _reg, // serves the base
-        base,
-        tmp,
-        project,
-        wheels,
-    } = setup();
+    let (_reg, base, tmp, project, wheels) = setup(); // _reg serves the base
     let out = tmp.path().join("out");
     let args = crate::build::offline_build_args(
         &project,
