@@ -11,7 +11,8 @@
 //! layers-v1/<key hex>.json      layer index: the blob a layer's inputs gave (see `deps`)
 //! probe-v1/<manifest hex>.json  what a base's python said about itself
 //! pycache-v1/<manifest hex>/    pip's bytecode for that base (PYTHONPYCACHEPREFIX in the sandbox)
-//! pushed-v1/<key hex>.json      blobs known to be in a registry's repositories
+//! pushed-v1/<key hex>.json      blobs known to be in a registry's repositories, and upload
+//!                               sessions a build left open in a repository for the next one
 //! hosts-v1/<key hex>.json       HTTP or HTTPS, for loopback and insecure registries
 //! tmp/                          scratch space for atomic writes (same filesystem as the buckets)
 //! ```
@@ -269,6 +270,23 @@ impl Cache {
         self.write_atomic(&bytes, &path, &what)
     }
 
+    /// Read a record and remove it, so that of builds sharing this cache only one gets it: the
+    /// record is first renamed to a name of this call's own (a rename succeeds once).
+    pub fn take_record<T: serde::de::DeserializeOwned>(
+        &self,
+        bucket: &str,
+        key: &Digest,
+    ) -> Option<T> {
+        let claimed = tempfile::Builder::new()
+            .prefix("taken-")
+            .make_in(self.tmp_dir(), |p| {
+                fs::rename(self.record_path(bucket, key), p)
+            })
+            .ok()?;
+        let bytes = fs::read(claimed.path()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn record_path(&self, bucket: &str, key: &Digest) -> PathBuf {
         self.root.join(bucket).join(format!("{}.json", key.hex()))
     }
@@ -315,5 +333,24 @@ mod tests {
         fs::write(cache.blob_path(&d), b"xyz").unwrap();
         assert!(cache.read_blob(&d).is_err());
         assert!(!cache.has_blob(&d, None));
+    }
+
+    #[test]
+    fn a_taken_record_is_gone_and_only_one_taker_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let key = Digest::of(b"k");
+        assert_eq!(cache.take_record::<Vec<u32>>("pushed-v1", &key), None);
+        cache.put_record("pushed-v1", &key, &vec![1u32, 2]).unwrap();
+        // Eight threads race for one record: exactly one has it, and nothing is left behind.
+        let got: Vec<Option<Vec<u32>>> = std::thread::scope(|s| {
+            let takers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| cache.take_record::<Vec<u32>>("pushed-v1", &key)))
+                .collect();
+            takers.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(got.iter().flatten().collect::<Vec<_>>(), [&vec![1, 2]]);
+        assert_eq!(cache.get_record::<Vec<u32>>("pushed-v1", &key), None);
+        assert_eq!(fs::read_dir(cache.tmp_dir()).unwrap().count(), 0);
     }
 }

@@ -235,12 +235,13 @@ pub async fn build(
     let app = match layer::cached(&cache, &app_key) {
         Some(blob) => blob,
         None => {
-            // A new application layer means a new config too: start both uploads now, so the
-            // registry's answers overlap writing them.
+            // A new application layer means a new config too: their upload sessions are carried
+            // from the last build or opened now, so no round trip waits for them.
             if let (Some(target), true) = (&plan.target, plan.push) {
                 // The layer is uploaded without asking only when small; its files' size says.
                 let small = source_bytes < publish::registry::NO_HEAD_BELOW / 2;
-                sessions = publish::registry::Sessions::start(&client, target, 1 + small as usize);
+                sessions =
+                    publish::registry::Sessions::start(&client, &cache, target, 1 + small as usize);
             }
             let blob = write_layer_blocking(entries, layer_opts, cache.clone())
                 .await

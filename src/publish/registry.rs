@@ -190,8 +190,23 @@ async fn push_once(
                 short(&desc.digest),
                 crate::source::format_size(desc.size)
             ));
-            // A blob uploaded without asking is new: it may take a session started ahead.
-            let session = if ask { None } else { sessions.take().await };
+            // The sessions opened ahead are for the blobs every code change makes new: the
+            // application layer (the last) and the config.
+            let ahead = !ask
+                && (desc.digest == image.config_descriptor.digest
+                    || image.layers.last().is_some_and(|l| l.digest == desc.digest));
+            let session = match ahead {
+                false => None,
+                true => sessions.take().await.map(|(url, carried)| {
+                    if carried {
+                        reporter.debug(&format!(
+                            "{}: into an upload session an earlier build opened",
+                            short(&desc.digest)
+                        ));
+                    }
+                    url
+                }),
+            };
             client
                 .push_blob(
                     target,
@@ -227,11 +242,15 @@ async fn push_once(
     let (c, key) = (cache.clone(), Known::key(&target.registry));
     let record = tokio::task::spawn_blocking(move || c.put_record("pushed-v1", &key, &updated));
     let tag = target.tag_or_latest().to_string();
-    let (manifest, recorded) = tokio::join!(
+    let (manifest, recorded, carried) = tokio::join!(
         client.put_manifest(target, &tag, oci::OCI_MANIFEST, image.manifest.clone()),
-        record
+        record,
+        sessions.carry_over()
     );
     if let Ok(Err(e)) = recorded {
+        reporter.warn(&format!("could not record the push in the cache: {e}"));
+    }
+    if let Err(e) = carried {
         reporter.warn(&format!("could not record the push in the cache: {e}"));
     }
     let digest = manifest?;
@@ -239,27 +258,133 @@ async fn push_once(
     Ok(stats)
 }
 
-/// Upload sessions started ahead of the push ([`RegistryClient::start_upload`]), for the new
-/// blobs it uploads without asking first. One that failed to start is skipped (the upload then
-/// starts its own); one left over is abandoned (registries expire them).
+/// Upload sessions for the new blobs a push uploads without asking first (a new application
+/// layer and its config): the round trip that opens one (POST) is taken off the path of a
+/// code-only rebuild.
+///
+/// Sessions are carried between builds: a push that uploads new blobs opens as many for the next
+/// build as it needs now, while its own uploads run, and leaves them in the cache (`pushed-v1`,
+/// per registry and repository, at most [`MAX_CARRIED`], none older than [`CARRY_FOR`]). The next
+/// build claims them (one build only: `Cache::take_record`) and PUTs into them at once; one the
+/// registry no longer knows (purged, or a restart with another secret) costs one round trip and
+/// is replaced by a fresh session (`RegistryClient::push_blob`). A build without carried
+/// sessions opens its own while it writes the blobs. So a repository keeps at most
+/// [`MAX_CARRIED`] idle upload sessions per cache that pushes to it; a registry expires idle ones
+/// (distribution after a week), and left-overs older than [`CARRY_FOR`] are never used.
 #[derive(Default)]
-pub struct Sessions(std::sync::Mutex<Vec<tokio::task::JoinHandle<Option<url::Url>>>>);
+pub struct Sessions {
+    /// Claimed from the cache: ready to PUT into (with when each was opened).
+    carried: std::sync::Mutex<Vec<OpenSession>>,
+    /// Opened by this build (the POSTs, in the background).
+    started: std::sync::Mutex<Vec<tokio::task::JoinHandle<Option<OpenSession>>>>,
+    /// Where the sessions left over go, for the next build.
+    carry: Option<(Cache, Digest)>,
+}
+
+/// How many upload sessions a build leaves open for the next one, at most (a new application
+/// layer and its config).
+pub const MAX_CARRIED: usize = 2;
+
+/// Sessions carried longer than this are not used (and not carried further).
+pub const CARRY_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct OpenSession {
+    /// Seconds since the Unix epoch.
+    opened: u64,
+    url: String,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 impl Sessions {
-    /// Start `n` sessions in `target`'s repository, in the background.
-    pub fn start(client: &std::sync::Arc<RegistryClient>, target: &Reference, n: usize) -> Self {
-        let handles = (0..n)
-            .map(|_| {
-                let (c, t) = (client.clone(), target.clone());
-                tokio::spawn(async move { c.start_upload(&t).await.ok() })
-            })
-            .collect();
-        Sessions(std::sync::Mutex::new(handles))
+    fn key(target: &Reference) -> Digest {
+        Digest::of(
+            format!(
+                "vxbuild upload sessions v1\n{}\n{}",
+                target.registry, target.repository
+            )
+            .as_bytes(),
+        )
     }
 
-    async fn take(&self) -> Option<url::Url> {
-        let next = self.0.lock().expect("sessions lock").pop()?;
-        next.await.ok().flatten()
+    /// Sessions for `n` new blobs of a push to `target`: those an earlier build left in `cache`
+    /// first, the rest opened now in the background, with `n` more for the next build.
+    pub fn start(
+        client: &std::sync::Arc<RegistryClient>,
+        cache: &Cache,
+        target: &Reference,
+        n: usize,
+    ) -> Self {
+        let key = Self::key(target);
+        let now = now_secs();
+        let mut carried: Vec<OpenSession> =
+            cache.take_record("pushed-v1", &key).unwrap_or_default();
+        carried.retain(|s| now.saturating_sub(s.opened) < CARRY_FOR.as_secs());
+        let n = n.min(MAX_CARRIED);
+        let started = (0..(2 * n).saturating_sub(carried.len()))
+            .map(|_| {
+                let (c, t) = (client.clone(), target.clone());
+                tokio::spawn(async move {
+                    let url = c.start_upload(&t).await.ok()?;
+                    Some(OpenSession {
+                        opened: now_secs(),
+                        url: url.into(),
+                    })
+                })
+            })
+            .collect();
+        Sessions {
+            carried: std::sync::Mutex::new(carried),
+            started: std::sync::Mutex::new(started),
+            carry: Some((cache.clone(), key)),
+        }
+    }
+
+    /// A session for one upload, and whether an earlier build opened it.
+    async fn take(&self) -> Option<(url::Url, bool)> {
+        while let Some(s) = self.carried.lock().expect("sessions lock").pop() {
+            if let Ok(url) = s.url.parse() {
+                return Some((url, true));
+            }
+        }
+        let next = self.started.lock().expect("sessions lock").pop()?;
+        let url = next.await.ok().flatten()?.url.parse().ok()?;
+        Some((url, false))
+    }
+
+    /// Leave the sessions not used in the cache for the next build (those still opening get a
+    /// moment: they started with the push, so they have almost always answered by its end).
+    async fn carry_over(&self) -> Result<(), crate::cache::CacheError> {
+        let Some((cache, key)) = &self.carry else {
+            return Ok(());
+        };
+        let mut left: Vec<OpenSession> =
+            std::mem::take(&mut *self.carried.lock().expect("sessions lock"));
+        let started = std::mem::take(&mut *self.started.lock().expect("sessions lock"));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        for handle in started {
+            let abort = handle.abort_handle();
+            match tokio::time::timeout_at(deadline, handle).await {
+                Ok(Ok(Some(s))) => left.push(s),
+                Ok(_) => {}
+                Err(_) => abort.abort(),
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        // The newest are kept: they have the longest to live.
+        left.sort_by_key(|s| std::cmp::Reverse(s.opened));
+        left.truncate(MAX_CARRIED);
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::task::spawn_blocking(move || cache.put_record("pushed-v1", &key, &left))
+            .await
+            .unwrap_or(Ok(()))
     }
 }
 

@@ -665,9 +665,10 @@ impl RegistryClient {
             })
     }
 
-    /// One upload: a session (`session`, or a fresh POST), then the monolithic PUT. When the PUT
-    /// fails in a way that may hide a commit that landed (reset, timeout, 5xx), a HEAD decides
-    /// (jib#4301).
+    /// One upload: a session (`session`, or a fresh POST), then the monolithic PUT. A session
+    /// given ahead that the registry no longer knows (a 4xx: purged, or the registry restarted
+    /// with another secret) is replaced by a fresh one at once. When the PUT fails in a way that
+    /// may hide a commit that landed (reset, timeout, 5xx), a HEAD decides (jib#4301).
     #[allow(clippy::too_many_arguments)]
     async fn push_blob_once(
         &self,
@@ -677,25 +678,36 @@ impl RegistryClient {
         size: u64,
         path: &Path,
         op: &Operation,
-        session: Option<url::Url>,
+        mut session: Option<url::Url>,
     ) -> Result<(), RegistryError> {
         let op = op.clone();
         let scopes = Scopes::push(repository);
-        let mut url = match session {
-            Some(url) => url,
-            None => self.start_session(ep, repository, &scopes, &op).await?,
-        };
-        url.query_pairs_mut().append_pair("digest", digest.as_str());
-        let put = RequestSpec::new(Method::PUT, Target::Url(url))
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Body::File {
-                path: path.to_path_buf(),
-                size,
-            });
-        let committed = match self.execute(ep, &scopes, &op, &put).await {
-            Ok(resp) if resp.status().is_success() => Ok(resp),
-            Ok(resp) => Err(self.error_from_response(ep, &op, resp).await),
-            Err(e) => Err(e),
+        let committed = loop {
+            let given = session.is_some();
+            let mut url = match session.take() {
+                Some(url) => url,
+                None => self.start_session(ep, repository, &scopes, &op).await?,
+            };
+            url.query_pairs_mut().append_pair("digest", digest.as_str());
+            let put = RequestSpec::new(Method::PUT, Target::Url(url))
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(Body::File {
+                    path: path.to_path_buf(),
+                    size,
+                });
+            match self.execute(ep, &scopes, &op, &put).await {
+                Ok(resp) if resp.status().is_success() => break Ok(resp),
+                Ok(resp) if given && resp.status().is_client_error() => {
+                    self.trace(|| {
+                        format!(
+                            "the upload session given for {digest} is gone ({}); starting another",
+                            resp.status()
+                        )
+                    });
+                }
+                Ok(resp) => break Err(self.error_from_response(ep, &op, resp).await),
+                Err(e) => break Err(e),
+            }
         };
         let resp = match committed {
             Ok(resp) => resp,

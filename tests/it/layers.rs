@@ -121,21 +121,35 @@ fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
     assert!(!stderr2.contains("Resolving dependencies"), "{stderr2}");
     assert!(!stderr2.contains("Installing"), "{stderr2}");
     assert!(!stderr2.contains("Unpacking"), "{stderr2}");
-    // To the registry: the two new blobs (application layer, config), each in a session started
-    // while they were written, and the manifest; no HEAD (the cache knows what it has).
-    let count = |what: &str| {
-        stderr2
+    // To the registry: the two new blobs (application layer, config), each PUT into an upload
+    // session the first build left open (no round trip to open one), two sessions opened for the
+    // next build, and the manifest; no HEAD (the cache knows what it has).
+    let count = |stderr: &str, what: &str| {
+        stderr
             .lines()
-            .filter(|l| l.contains(&format!("debug: {what} ")) && l.contains("/team/trainer/"))
+            .filter(|l| l.contains(&format!("debug: {what}")) && l.contains("/team/trainer/"))
             .count()
     };
-    assert_eq!(count("POST"), 2, "{stderr2}");
-    assert_eq!(count("PUT"), 3, "{stderr2}");
-    assert_eq!(count("HEAD"), 0, "{stderr2}");
+    assert_eq!(count(&stderr2, "POST "), 2, "{stderr2}");
+    assert_eq!(count(&stderr2, "PUT "), 3, "{stderr2}");
+    assert_eq!(count(&stderr2, "HEAD "), 0, "{stderr2}");
+    let carried = |stderr: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.ends_with(": into an upload session an earlier build opened"))
+            .count()
+    };
+    assert_eq!(carried(&stderr2), 2, "{stderr2}");
     assert!(
         stderr2.contains("cached dependency layer(s) for 5 wheel(s)"),
         "{stderr2}"
     );
+    // The registry holds the two sessions left for the next build, no more.
+    let uploads = reg
+        .storage
+        .path()
+        .join("docker/registry/v2/repositories/team/trainer/_uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 2);
     let after = layers(&second);
     assert_ne!(digest_of(&first), digest_of(&second));
     assert_eq!(before.len(), after.len());
@@ -143,18 +157,46 @@ fn a_code_only_change_runs_no_pip_and_keeps_every_dependency_layer() {
     assert_eq!(before[..before.len() - 1], after[..after.len() - 1]);
     assert_ne!(before.last(), after.last());
 
-    // And the image runs the new code.
-    let dir = tmp.path().join("pulled");
-    skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        &format!("docker://{}", crate::build::by_digest(&second)),
-        &format!("oci:{}:v1", dir.display()),
-    ]);
-    let rootfs = unpack_layout(&dir, "v1", &tmp.path().join("rootfs"));
-    let config = skopeo_inspect_config(&format!("oci:{}:v1", dir.display()));
-    let out = run_entrypoint(&rootfs, &config);
-    assert_stdout_contains(&out, "Training complete, v2 1.0");
+    // The registry forgets the sessions left open (its purge of old uploads does this): the next
+    // code change opens fresh ones and lands all the same.
+    std::fs::remove_dir_all(&uploads).unwrap();
+    std::fs::write(
+        project.join("train.py"),
+        "import bigmodel, bravo, charlie, delta\nprint('Training complete, v3', bigmodel.VERSION)\n",
+    )
+    .unwrap();
+    let (third, stderr3) = vx_ok(&verbose);
+    assert_eq!(carried(&stderr3), 2, "{stderr3}");
+    assert_eq!(
+        stderr3
+            .lines()
+            .filter(
+                |l| l.contains("debug: the upload session given for sha256:")
+                    && l.ends_with("is gone (404 Not Found); starting another")
+            )
+            .count(),
+        2,
+        "{stderr3}"
+    );
+    assert_eq!(count(&stderr3, "HEAD "), 0, "{stderr3}");
+    let last = layers(&third);
+    assert_eq!(before[..before.len() - 1], last[..last.len() - 1]);
+    assert_ne!(after.last(), last.last());
+
+    // And the images run the new code.
+    for (reference, says) in [(&second, "v2"), (&third, "v3")] {
+        let dir = tmp.path().join(format!("pulled-{says}"));
+        skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}", crate::build::by_digest(reference)),
+            &format!("oci:{}:v1", dir.display()),
+        ]);
+        let rootfs = unpack_layout(&dir, "v1", &tmp.path().join(format!("rootfs-{says}")));
+        let config = skopeo_inspect_config(&format!("oci:{}:v1", dir.display()));
+        let out = run_entrypoint(&rootfs, &config);
+        assert_stdout_contains(&out, &format!("Training complete, {says} 1.0"));
+    }
 }
 
 #[test]
