@@ -8,6 +8,7 @@
 #   cold-locked  vxbuild: empty cache, vxbuild.lock committed (no resolution); buildah as cold
 #   cold-zstd  the same as cold, layers compressed with zstd by both
 #   code     train.py edited, everything else warm      buildah: bud --layers (10+ rounds)
+#   code-memreg  the same, pushed to a second registry whose storage is in /dev/shm
 #   bump     scikit-learn 1.6.0 -> 1.6.1 from a warm 1.6.0 state (restored before each round)
 #
 # Then memory: a project whose dependency is a 600 MB wheel of incompressible data, built and
@@ -33,8 +34,11 @@ BUILDAH=(buildah --root "$WORK/buildah/root" --runroot "$WORK/buildah/run" --sto
 say() { printf 'compare: %s\n' "$*" >&2; }
 
 REG_PID=
+MEMREG_PID=
 cleanup() {
     if [[ -n "$REG_PID" ]]; then kill "$REG_PID" 2>/dev/null || true; fi
+    if [[ -n "$MEMREG_PID" ]]; then kill "$MEMREG_PID" 2>/dev/null || true; fi
+    rm -rf "${MEMREG_DIR:-/nonexistent}"
     if [[ $KEEP == 0 ]]; then
         "${BUILDAH[@]}" rm -a >/dev/null 2>&1 || true
         "${BUILDAH[@]}" rmi -a -f >/dev/null 2>&1 || true
@@ -76,6 +80,16 @@ EOF
 docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry/log" 2>&1 &
 REG_PID=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+# A second registry whose storage is in memory (/dev/shm), for one more code-change row: how much
+# of that scenario is the registry's own disk (the reference registry fsyncs every file it writes).
+MEMREG_DIR=$(mktemp -d /dev/shm/vx-compare-registry.XXXXXX)
+MEMPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+MEMREG=127.0.0.1:$MEMPORT
+sed -e "s#rootdirectory: .*#rootdirectory: $MEMREG_DIR#" -e "s#addr: .*#addr: $MEMREG#" \
+    "$WORK/registry/config.yml" >"$WORK/registry/memory.yml"
+docker-registry serve "$WORK/registry/memory.yml" >"$WORK/registry/memory.log" 2>&1 &
+MEMREG_PID=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MEMPORT") 2>/dev/null && break; sleep 0.1; done
 BASE=$REG/library/python:3.9-slim
 skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$LAYOUT:3.9-slim" "docker://$BASE"
 
@@ -111,7 +125,7 @@ vx() { # vx CACHE TAG [flags]
     local cache=$1 tag=$2
     shift 2
     "$VX" build "$VXP" --base-image "$BASE" --no-index --find-links "$WHEELHOUSE" \
-        --cache-dir "$cache" --image "$REG/bench/vxbuild:$tag" --push -q "$@"
+        --cache-dir "$cache" --image "${TARGET_REG:-$REG}/bench/vxbuild:$tag" --push -q "$@"
 }
 bb() { # bb TAG [bud flags]; BB_PUSH_FLAGS: extra words for buildah push
     local tag=$1 push_flags
@@ -120,10 +134,10 @@ bb() { # bb TAG [bud flags]; BB_PUSH_FLAGS: extra words for buildah push
     "${BUILDAH[@]}" bud -q --isolation chroot --tls-verify=false -v "$WHEELHOUSE:/wheels:ro" \
         "$@" -t "bench/buildah:$tag" "$BBP" >/dev/null &&
         "${BUILDAH[@]}" push -q --tls-verify=false "${push_flags[@]}" "bench/buildah:$tag" \
-            "docker://$REG/bench/buildah:$tag"
+            "docker://${TARGET_REG:-$REG}/bench/buildah:$tag"
 }
 export -f vx bb
-export VX VXP BBP BASE WHEELHOUSE REG
+export VX VXP BBP BASE WHEELHOUSE REG MEMREG
 BUILDAH_STR="${BUILDAH[*]}"
 export BUILDAH_STR
 # hyperfine runs commands in a fresh shell: re-create the array there.
@@ -180,6 +194,16 @@ RUNS=$((ROUNDS > 10 ? ROUNDS : 10)) WARMUP=1 run code \
     "vx $WORK/vx-warm code" \
     "echo \"# edit \$(date +%s%N)\" >>$BBP/train.py" \
     "bb code --layers"
+
+# code-memreg: the same, pushed to the registry whose storage is in memory (the base stays where
+# it is; each tool's first push there, untimed, uploads it).
+TARGET_REG=$MEMREG vx "$WORK/vx-warm" code >/dev/null
+TARGET_REG=$MEMREG bash -c "$PRE bb code --layers"
+RUNS=$((ROUNDS > 10 ? ROUNDS : 10)) WARMUP=1 run code-memreg \
+    "echo \"# edit \$(date +%s%N)\" >>$VXP/train.py" \
+    "TARGET_REG=$MEMREG vx $WORK/vx-warm code" \
+    "echo \"# edit \$(date +%s%N)\" >>$BBP/train.py" \
+    "TARGET_REG=$MEMREG bb code --layers"
 
 # bump: from a warm scikit-learn 1.6.0 state to 1.6.1, neither tool having seen 1.6.1 installed
 # before. Each round starts from the same 1.6.0 state: vxbuild's cache (a fresh one, built with
