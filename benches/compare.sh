@@ -153,12 +153,14 @@ results=()
 run() { # run NAME PREPARE-VX CMD-VX PREPARE-BB CMD-BB; RUNS overrides ROUNDS
     local name=$1 runs=${RUNS:-$ROUNDS}
     say "$name: $runs round(s) each"
-    # Let the previous scenario's writes reach the disk first: writeback stalls are noise here.
+    # Let the previous scenario's writes reach the disk first, and each round's before the next
+    # (in every prepare): on ext4 an fsync waits for other files' dirty data too, so the registry's
+    # fsyncs in one tool's round would otherwise pay for the other tool's writes.
     sync
     sleep 2
     hyperfine --shell bash --style none --warmup "${WARMUP:-0}" --runs "$runs" --export-json "$WORK/$name.json" \
-        --command-name "buildah $name" --prepare "$PRE $4" "$PRE $5" \
-        --command-name "vxbuild $name" --prepare "$PRE $2" "$PRE $3" >&2
+        --command-name "buildah $name" --prepare "$PRE $4; sync" "$PRE $5" \
+        --command-name "vxbuild $name" --prepare "$PRE $2; sync" "$PRE $3" >&2
     results+=("$name")
 }
 
