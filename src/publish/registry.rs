@@ -251,7 +251,9 @@ async fn push_once(
         reporter.warn(&format!("could not record the push in the cache: {e}"));
     }
     if let Err(e) = carried {
-        reporter.warn(&format!("could not record the push in the cache: {e}"));
+        reporter.warn(&format!(
+            "could not keep upload sessions for the next build in the cache: {e}"
+        ));
     }
     let digest = manifest?;
     debug_assert_eq!(digest, image.manifest_digest);
