@@ -393,3 +393,60 @@ impl Sessions {
 fn short(d: &Digest) -> String {
     format!("sha256:{}", &d.hex()[..12])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cache: &Cache, target: &Reference, ages: &[u64]) {
+        let now = now_secs();
+        let open: Vec<OpenSession> = ages
+            .iter()
+            .enumerate()
+            .map(|(i, age)| OpenSession {
+                opened: now - age,
+                url: format!("http://127.0.0.1:1/v2/team/trainer/blobs/uploads/{i}?_state=x"),
+            })
+            .collect();
+        cache
+            .put_record("pushed-v1", &Sessions::key(target), &open)
+            .unwrap();
+    }
+
+    /// No registry is reached: every session asked for here is one carried in the cache.
+    #[tokio::test]
+    async fn carried_sessions_are_used_once_and_never_when_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let client = std::sync::Arc::new(RegistryClient::new(Default::default()).unwrap());
+        let target: Reference = "127.0.0.1:1/team/trainer:v1".parse().unwrap();
+
+        // One fresh, one past CARRY_FOR: only the fresh one is given, and nothing is opened
+        // (n = 0) beyond what the cache had.
+        record(&cache, &target, &[60, CARRY_FOR.as_secs() + 60]);
+        let s = Sessions::start(&client, &cache, &target, 0);
+        let (url, carried) = s.take().await.unwrap();
+        assert!(carried);
+        assert!(url.path().ends_with("/uploads/0"), "{url}");
+        assert!(s.take().await.is_none());
+        // Taken: another build on this cache finds none.
+        let other = Sessions::start(&client, &cache, &target, 0);
+        assert!(other.take().await.is_none());
+
+        // Left over: the newest MAX_CARRIED are kept for the next build, for this repository only.
+        record(&cache, &target, &[30, 20, 10]);
+        let s = Sessions::start(&client, &cache, &target, 0);
+        s.carry_over().await.unwrap();
+        let kept: Vec<OpenSession> = cache
+            .get_record("pushed-v1", &Sessions::key(&target))
+            .unwrap();
+        let ids: Vec<&str> = kept
+            .iter()
+            .map(|o| o.url.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(ids, ["2?_state=x", "1?_state=x"]);
+        let elsewhere: Reference = "127.0.0.1:1/team/other:v1".parse().unwrap();
+        let s = Sessions::start(&client, &cache, &elsewhere, 0);
+        assert!(s.take().await.is_none());
+    }
+}
