@@ -1,7 +1,7 @@
 //! Stage 1: the base image — reference → platform manifest → config and layers (all verified and
 //! cached by digest) → an unpacked root filesystem for the sandbox (cached by manifest digest).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde_json::Value;
@@ -244,6 +244,14 @@ struct RootfsFacts {
     home: bool,
 }
 
+impl RootfsFacts {
+    fn of(root: &Path) -> Self {
+        RootfsFacts {
+            home: std::fs::symlink_metadata(root.join("home")).is_ok(),
+        }
+    }
+}
+
 /// The base's root filesystem for the sandbox, made on first use: the cache's copy when an
 /// earlier build kept one there, else unpacked into a scratch tree in memory when it fits
 /// ([`crate::scratch`]; gone with the build), else unpacked into the cache and kept.
@@ -289,7 +297,7 @@ impl<'a> Rootfs<'a> {
             return Ok(!f.home);
         }
         let root = self.path(reporter).await?;
-        Ok(std::fs::symlink_metadata(root.join("home")).is_err())
+        Ok(!RootfsFacts::of(&root).home)
     }
 
     fn facts_key(&self) -> Digest {
@@ -336,9 +344,7 @@ impl<'a> Rootfs<'a> {
                 path: root.clone(),
                 source,
             })?;
-        let facts = RootfsFacts {
-            home: std::fs::symlink_metadata(root.join("home")).is_ok(),
-        };
+        let facts = RootfsFacts::of(&root);
         crate::sandbox::prepare_rootfs(&root)?;
         let _ = cache.put_record("rootfs-facts-v1", &self.facts_key(), &facts);
         if scratch.in_memory() {
