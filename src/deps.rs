@@ -223,12 +223,7 @@ pub(crate) async fn python_env(
             interp.pip_description(),
             interp.version_string()
         ));
-        let client = http.get().map_err(|e| {
-            py(python::PythonError::Download {
-                url: "(client setup)".into(),
-                source: e,
-            })
-        })?;
+        let client = python::wheel_client(&http).map_err(py)?;
         python::bootstrap::bootstrap_pip(&interp, &plan.pip, cache, client)
             .await
             .map_err(|e| py(e.into()))?

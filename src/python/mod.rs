@@ -793,6 +793,14 @@ pub fn check_wheel_entries(path: &Path) -> Result<u64, PythonError> {
     Ok(installed)
 }
 
+/// The HTTP client for wheel downloads (made on first use), with the error as a download's.
+pub fn wheel_client(http: &crate::LazyHttp) -> Result<&reqwest::Client, PythonError> {
+    http.get().map_err(|source| PythonError::Download {
+        url: "(client setup)".into(),
+        source,
+    })
+}
+
 async fn fetch_one(
     w: &PinnedWheel,
     cache: &Cache,
@@ -839,10 +847,7 @@ async fn fetch_one(
         WheelSource::Url(url) => {
             reporter.info(&format!("Downloading {}", w.filename));
             let shown = redact_url(url);
-            let http = http.get().map_err(|source| PythonError::Download {
-                url: "(client setup)".into(),
-                source,
-            })?;
+            let http = wheel_client(http)?;
             let resp = http
                 .get(url)
                 .send()
