@@ -133,32 +133,14 @@ impl Background {
         let (tx, chunks) = std::sync::mpsc::sync_channel(4);
         std::thread::spawn(move || {
             loop {
-                let mut buf = vec![0u8; 1 << 20];
-                let mut filled = 0;
-                let res = loop {
-                    match source.read(&mut buf[filled..]) {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            filled += n;
-                            if filled == buf.len() {
-                                break Ok(());
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
-                let last = filled < buf.len();
-                buf.truncate(filled);
-                let sent = match res {
-                    Ok(()) if !buf.is_empty() => tx.send(Ok(buf)),
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                if sent.is_err() || last {
+                // A chunk is 1 MiB unless the source ended (read_to_end retries Interrupted).
+                let mut buf = Vec::with_capacity(1 << 20);
+                if let Err(e) = (&mut source).take(1 << 20).read_to_end(&mut buf) {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                let last = buf.len() < 1 << 20;
+                if buf.is_empty() || tx.send(Ok(buf)).is_err() || last {
                     return;
                 }
             }
