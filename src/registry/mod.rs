@@ -583,9 +583,10 @@ impl RegistryClient {
         }
     }
 
-    /// Start an upload session in `target`'s repository now (the POST), for a blob that will be
-    /// ready in a moment: a code-only rebuild starts its two sessions (application layer, config)
-    /// while it writes them. Its location goes to [`RegistryClient::push_blob`].
+    /// Start an upload session in `target`'s repository now (the POST), for a blob that is not
+    /// ready yet: a push opens those of its application layer and config while they are written,
+    /// and those of the next build's while it uploads (`publish::registry::Sessions`). Its
+    /// location goes to [`RegistryClient::push_blob`].
     pub async fn start_upload(&self, target: &Reference) -> Result<url::Url, RegistryError> {
         let op = Operation::StartUpload {
             repository: target.name(),
